@@ -1,0 +1,174 @@
+"""Typed model configuration and its named presets.
+
+`mlperf()` is the exact MLPerf v0.7 SSD300-ResNet34 (SPEC sections 1-2). `cpu_small()` is a model of the same
+family (ResNet basic-block trunk with a stride-1 layer3, conv extra blocks, per-level loc/conf heads) that is
+narrow and takes 128x128 inputs, so that it trains to a useful mAP on two CPU cores in minutes.
+Default boxes of every preset other than `mlperf` are derived from the model's own feature-map sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExtraBlock:
+    """One extra feature block: conv1x1(bias) -> ReLU -> conv3x3(bias) -> ReLU (SPEC section 1)."""
+
+    mid: int  # channels after the 1x1 conv
+    out: int  # channels after the 3x3 conv
+    stride: int  # stride of the 3x3 conv
+    padding: int  # padding of the 3x3 conv
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Default-box geometry (SPEC section 2), in pixels of the square input."""
+
+    fig_size: int  # input side in pixels
+    feat_sizes: tuple[int, ...]  # side of each feature map, in level order
+    steps: tuple[float, ...]  # pixel stride per level; fk = fig_size / step
+    scales: tuple[float, ...]  # box scale in pixels per level, one more than levels (s_k, s_k+1)
+    aspect_ratios: tuple[tuple[int, ...], ...]  # extra aspect ratios per level (each adds two boxes)
+
+    def __post_init__(self) -> None:
+        n = len(self.feat_sizes)
+        if not (len(self.steps) == n and len(self.aspect_ratios) == n and len(self.scales) == n + 1):
+            raise ValueError(
+                f"AnchorConfig: {n} feature sizes need {n} steps, {n} aspect-ratio lists and {n + 1} scales; "
+                f"got {len(self.steps)}, {len(self.aspect_ratios)}, {len(self.scales)}"
+            )
+
+    @property
+    def boxes_per_location(self) -> tuple[int, ...]:
+        """`nd` per level: the two square boxes plus two per extra aspect ratio."""
+        return tuple(2 + 2 * len(ar) for ar in self.aspect_ratios)
+
+    @property
+    def num_anchors(self) -> int:
+        """A: total default boxes over all levels."""
+        return sum(nd * f * f for nd, f in zip(self.boxes_per_location, self.feat_sizes))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The SSD model: trunk, extra blocks, heads and default boxes."""
+
+    name: str  # preset name, recorded with every run
+    input_size: int  # square input side in pixels
+    num_classes: int = 81  # classes including background at index 0
+    stem_width: int = 64  # channels of conv1 (7x7, stride 2)
+    widths: tuple[int, int, int] = (64, 128, 256)  # channels of layer1, layer2, layer3
+    depths: tuple[int, int, int] = (3, 4, 6)  # basic blocks in layer1, layer2, layer3
+    extras: tuple[ExtraBlock, ...] = ()  # extra feature blocks after the trunk
+    anchors: AnchorConfig | None = None  # default boxes; derived from the feature sizes when None
+    backbone_weights: str | None = None  # torchvision resnet34 state dict: a path, "imagenet" (hub cache) or None
+
+    def __post_init__(self) -> None:
+        if self.anchors is None:
+            object.__setattr__(self, "anchors", derive_anchors(self.input_size, feature_sizes(self)))
+        if tuple(self.anchors.feat_sizes) != feature_sizes(self):
+            raise ValueError(
+                f"ModelConfig {self.name!r}: anchor feature sizes {self.anchors.feat_sizes} do not match "
+                f"the model's feature maps {feature_sizes(self)} at input {self.input_size}"
+            )
+
+
+def _conv_out(n: int, kernel: int, stride: int, padding: int) -> int:
+    return (n + 2 * padding - kernel) // stride + 1
+
+
+def feature_sizes(cfg: ModelConfig) -> tuple[int, ...]:
+    """Side of every feature map the heads see, from the layer arithmetic (trunk stride 8, then the extras)."""
+    n = _conv_out(cfg.input_size, 7, 2, 3)  # conv1
+    n = _conv_out(n, 3, 2, 1)  # maxpool
+    n = _conv_out(n, 3, 2, 1)  # layer2's first block; layer3 keeps stride 1 (SPEC section 1)
+    sizes = [n]
+    for block in cfg.extras:
+        n = _conv_out(n, 3, block.stride, block.padding)
+        sizes.append(n)
+    return tuple(sizes)
+
+
+def derive_anchors(
+    fig_size: int,
+    feat_sizes: tuple[int, ...],
+    scale_fractions: tuple[float, ...] | None = None,
+    aspect_ratios: tuple[tuple[int, ...], ...] | None = None,
+) -> AnchorConfig:
+    """Default boxes for a model other than the benchmark's: one step per feature cell, scales as in the SSD paper.
+
+    Scales default to the SSD paper's linear rule from 0.1 to 0.95 of the input (one more than levels); aspect
+    ratios default to [2] on the first and last level and [2, 3] between, as in SPEC section 2.
+    """
+    n = len(feat_sizes)
+    if scale_fractions is None:
+        scale_fractions = tuple(0.1 + (0.95 - 0.1) * k / n for k in range(n + 1))
+    if aspect_ratios is None:
+        aspect_ratios = tuple((2,) if k in (0, n - 1) else (2, 3) for k in range(n))
+    return AnchorConfig(
+        fig_size=fig_size,
+        feat_sizes=tuple(feat_sizes),
+        steps=tuple(fig_size / f for f in feat_sizes),
+        scales=tuple(s * fig_size for s in scale_fractions),
+        aspect_ratios=tuple(tuple(a) for a in aspect_ratios),
+    )
+
+
+def mlperf(backbone_weights: str | None = None) -> ModelConfig:
+    """The benchmark model: SSD300, ResNet-34 trunk, five extra blocks, 8732 default boxes (SPEC sections 1-2)."""
+    return ModelConfig(
+        name="mlperf",
+        input_size=300,
+        extras=(
+            ExtraBlock(256, 512, 2, 1),
+            ExtraBlock(256, 512, 2, 1),
+            ExtraBlock(128, 256, 2, 1),
+            ExtraBlock(128, 256, 1, 0),
+            ExtraBlock(128, 256, 1, 0),
+        ),
+        anchors=AnchorConfig(
+            fig_size=300,
+            feat_sizes=(38, 19, 10, 5, 3, 1),
+            steps=(8, 16, 32, 64, 100, 300),
+            scales=(21, 45, 99, 153, 207, 261, 315),
+            aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+        ),
+        backbone_weights=backbone_weights,
+    )
+
+
+def cpu_small(num_classes: int = 81) -> ModelConfig:
+    """A narrow SSD of the same family at 128x128 input: feature maps 16, 8, 4, 2, 1; about 1 M parameters."""
+    return ModelConfig(
+        name="cpu_small",
+        input_size=128,
+        num_classes=num_classes,
+        stem_width=32,
+        widths=(32, 64, 128),
+        depths=(1, 2, 2),
+        extras=(
+            ExtraBlock(64, 128, 2, 1),
+            ExtraBlock(64, 128, 2, 1),
+            ExtraBlock(64, 128, 2, 1),
+            ExtraBlock(64, 128, 2, 1),
+        ),
+    )
+
+
+MODEL_PRESETS = {"mlperf": mlperf, "cpu_small": cpu_small}
+
+
+def build_model_config(name: str, **overrides) -> ModelConfig:
+    """A preset by name, with field overrides (e.g. backbone_weights, num_classes)."""
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
+    cfg = MODEL_PRESETS[name]()
+    if overrides:
+        fields = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+        fields.update(overrides)
+        if cfg.name != "mlperf" and "anchors" not in overrides:
+            fields["anchors"] = None  # re-derive for the overridden geometry
+        cfg = ModelConfig(**fields)
+    return cfg
+

@@ -1,0 +1,101 @@
+import pytest
+import torch
+import torchvision
+
+from ssd_ds.config import build_model_config, cpu_small, feature_sizes, mlperf
+from ssd_ds.model import build_model
+
+
+def test_mlperf_model_size_and_shapes():
+    model = build_model(mlperf())
+    # Separate loc/conf heads (not fused): SPEC section 1's 19.97 M.
+    assert sum(p.numel() for p in model.parameters()) == 19_972_534
+    locs, logits = model(torch.randn(2, 3, 300, 300))
+    assert locs.shape == (2, 8732, 4)
+    assert logits.shape == (2, 8732, 81)
+    assert feature_sizes(mlperf()) == (38, 19, 10, 5, 3, 1)
+
+
+def test_layer3_first_block_has_stride_one():
+    trunk = build_model(mlperf()).backbone
+    block = trunk.layer3[0]
+    assert block.conv1.stride == (1, 1)
+    assert block.downsample[0].stride == (1, 1)
+    assert trunk(torch.randn(1, 3, 300, 300)).shape == (1, 256, 38, 38)
+
+
+def test_extra_blocks_and_heads_match_spec():
+    model = build_model(mlperf())
+    expected = [(256, 256, 512, 2, 1), (512, 256, 512, 2, 1), (512, 128, 256, 2, 1), (256, 128, 256, 1, 0),
+                (256, 128, 256, 1, 0)]
+    for block, (cin, mid, out, stride, pad) in zip(model.extras, expected):
+        c1, c3 = block[0], block[2]
+        assert (c1.in_channels, c1.out_channels, c1.kernel_size) == (cin, mid, (1, 1))
+        assert (c3.out_channels, c3.stride, c3.padding) == (out, (stride, stride), (pad, pad))
+        assert c1.bias is not None and c3.bias is not None
+    assert [h.out_channels for h in model.loc] == [nd * 4 for nd in (4, 6, 6, 6, 4, 4)]
+    assert [h.out_channels for h in model.conf] == [nd * 81 for nd in (4, 6, 6, 6, 4, 4)]
+
+
+def test_output_layout_is_reference_order():
+    # Anchor index within level 0 is d*H*W + i*W + j, conv channel coord*nd + d (SPEC section 1).
+    model = build_model(mlperf()).eval()
+    captured = {}
+    model.loc[0].register_forward_hook(lambda m, i, o: captured.__setitem__("loc0", o))
+    with torch.no_grad():
+        locs, _ = model(torch.randn(1, 3, 300, 300))
+    raw = captured["loc0"][0]  # [nd*4, 38, 38]
+    nd, d, i, j, coord = 4, 2, 5, 7, 3
+    assert locs[0, d * 38 * 38 + i * 38 + j, coord] == raw[coord * nd + d, i, j]
+
+
+def test_cpu_preset_is_same_family_and_small():
+    cfg = cpu_small(num_classes=6)
+    model = build_model(cfg)
+    locs, logits = model(torch.randn(3, 3, cfg.input_size, cfg.input_size))
+    assert locs.shape == (3, cfg.anchors.num_anchors, 4)
+    assert logits.shape == (3, cfg.anchors.num_anchors, 6)
+    assert cfg.anchors.feat_sizes == feature_sizes(cfg)
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+
+
+def test_gradients_reach_every_parameter():
+    cfg = cpu_small(num_classes=4)
+    model = build_model(cfg)
+    locs, logits = model(torch.randn(2, 3, cfg.input_size, cfg.input_size))
+    (locs.square().mean() + logits.square().mean()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def _resnet34_file(tmp_path, state):
+    path = tmp_path / "resnet34-333f7ec4.pth"
+    torch.save(state, path)
+    return path
+
+
+def test_backbone_loads_torchvision_resnet34(tmp_path):
+    reference = torchvision.models.resnet34()
+    path = _resnet34_file(tmp_path, reference.state_dict())
+    model = build_model(build_model_config("mlperf", backbone_weights=str(path)))
+    assert torch.equal(model.backbone.layer3[5].conv2.weight, reference.layer3[5].conv2.weight)
+    assert torch.equal(model.backbone.bn1.running_var, reference.bn1.running_var)
+
+
+def test_backbone_missing_file_names_it(tmp_path):
+    path = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        build_model(build_model_config("mlperf", backbone_weights=str(path)))
+
+
+def test_backbone_truncated_file_names_it(tmp_path):
+    path = _resnet34_file(tmp_path, torchvision.models.resnet34().state_dict())
+    path.write_bytes(path.read_bytes()[: 100_000])
+    with pytest.raises(ValueError, match="resnet34-333f7ec4.pth.*cannot be read"):
+        build_model(build_model_config("mlperf", backbone_weights=str(path)))
+
+
+def test_backbone_wrong_keys_names_it(tmp_path):
+    path = _resnet34_file(tmp_path, torchvision.models.resnet18().state_dict())
+    with pytest.raises(ValueError, match="resnet34-333f7ec4.pth.*not a torchvision resnet34"):
+        build_model(build_model_config("mlperf", backbone_weights=str(path)))
