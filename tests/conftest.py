@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 
@@ -5,3 +7,17 @@ import torch
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory):
+    """A small generated COCO-laid-out dataset, shared read-only by the session's tests."""
+    from ssd_ds.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "coco", num_train=48, num_val=16, seed=0, workers=1)
+
+
+@pytest.fixture
+def dataset_copy(synthetic_dataset, tmp_path):
+    """A private copy of the generated dataset, for tests that damage it."""
+    return shutil.copytree(synthetic_dataset, tmp_path / "coco")

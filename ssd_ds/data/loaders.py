@@ -1,0 +1,117 @@
+"""Samplers and DataLoaders: a resumable distributed training sampler and exact evaluation sharding.
+
+TrainSampler: each epoch a permutation drawn from (seed, epoch), padded by wrapping to a multiple of the world size
+(like torch's DistributedSampler) and dealt out rank by rank; it yields `(index, sample_seed)` pairs so that every
+sample's augmentation depends only on (seed, epoch, position), and it can restart at a position within an epoch.
+Evaluation shards are contiguous, sizes differ by at most one, and cover every image exactly once (no padding
+duplicates, whatever the world size).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+_SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, epoch, position) over 63 bits
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A per-sample seed for the augmentation RNG, a pure function of the run seed, the epoch and the position."""
+    return ((seed * 1_000_003 + epoch) * _SEED_MIX + position) % (2**63 - 1)
+
+
+class TrainSampler(Sampler):
+    """Shuffled per epoch from the seed, sharded over ranks, resumable at a position within the epoch."""
+
+    def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.num_samples = num_samples
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.per_rank = math.ceil(num_samples / world_size)
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch `epoch` from this rank's `start`-th sample on (a resumed run skips what it already saw)."""
+        self.epoch = epoch
+        self.start = start
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        """This rank's indices for an epoch, in order."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.num_samples, generator=g).tolist()
+        total = self.per_rank * self.world_size
+        order += order[: total - len(order)]  # wrap-pad so every rank gets the same count
+        return order[self.rank : total : self.world_size]
+
+    def __iter__(self):
+        indices = self.epoch_indices(self.epoch)
+        for position in range(self.start, len(indices)):
+            yield indices[position], sample_seed(self.seed, self.epoch, position * self.world_size + self.rank)
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "start": self.start, "seed": self.seed}
+
+
+def eval_shard(num_samples: int, rank: int, world_size: int) -> range:
+    """Contiguous shard of [0, num_samples) for `rank`: sizes differ by at most one, no index repeats."""
+    base, extra = divmod(num_samples, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+class ShardSampler(Sampler):
+    """Visits a fixed range of indices in order."""
+
+    def __init__(self, indices: range):
+        self.indices = indices
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def collate_eval(batch):
+    """Drops unreadable images (None) and reports how many: (images [B,3,S,S], ids [B], sizes [B], skipped)."""
+    kept = [s for s in batch if s is not None]
+    skipped = len(batch) - len(kept)
+    if not kept:
+        return None, [], [], skipped
+    images = torch.stack([s[0] for s in kept])
+    return images, [s[1] for s in kept], [s[2] for s in kept], skipped
+
+
+def _loader_kwargs(workers: int, pin_memory: bool) -> dict:
+    kwargs = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
+    if workers > 0:
+        kwargs["prefetch_factor"] = 4
+    return kwargs
+
+
+def build_train_loader(
+    dataset: Dataset, sampler: TrainSampler, batch_size: int, workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """Fixed-shape batches (drop_last) of (images, loc_t, labels_t, skipped)."""
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=True, **_loader_kwargs(workers, pin_memory)
+    )
+
+
+def build_eval_loader(
+    dataset: Dataset, rank: int, world_size: int, batch_size: int, workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """This rank's shard of the evaluation set, in order, unreadable images dropped."""
+    sampler = ShardSampler(eval_shard(len(dataset), rank, world_size))
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_eval, **_loader_kwargs(workers, pin_memory)
+    )

@@ -1,0 +1,171 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from ssd_ds.anchors import default_boxes_ltrb
+from ssd_ds.box_coder import BoxCoder
+from ssd_ds.config import cpu_small
+from ssd_ds.data.coco import CocoDetection
+from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, eval_shard
+from ssd_ds.data.transforms import CROP_MODES, EvalTransform, TrainTransform, try_crop
+from torchvision.ops import box_iou
+
+
+def train_transform(num_classes):
+    cfg = cpu_small(num_classes)
+    return TrainTransform(cfg.input_size, BoxCoder(default_boxes_ltrb(cfg.anchors))), cfg
+
+
+def test_category_mapping_round_trips(synthetic_dataset):
+    ds = CocoDetection(synthetic_dataset, "train")
+    data = json.loads((synthetic_dataset / "annotations" / "instances_train2017.json").read_text())
+    ids = [c["id"] for c in data["categories"]]
+    assert sorted(ds.label_to_category) == list(range(1, len(ids) + 1))
+    assert [ds.label_to_category[label] for label in range(1, len(ids) + 1)] == ids  # JSON order
+    assert ids != list(range(1, len(ids) + 1))  # the generator's ids are COCO-like, with gaps
+    # Every kept box's label maps back to the category of an annotation of that image.
+    per_image = {}
+    for ann in data["annotations"]:
+        per_image.setdefault(ann["image_id"], set()).add(ann["category_id"])
+    for rec in ds.records:
+        assert {ds.label_to_category[int(l)] for l in rec.labels} <= per_image[rec.image_id]
+
+
+def test_images_without_annotations_are_dropped_and_counted(synthetic_dataset):
+    ds = CocoDetection(synthetic_dataset, "train")
+    data = json.loads((synthetic_dataset / "annotations" / "instances_train2017.json").read_text())
+    annotated = {a["image_id"] for a in data["annotations"]}
+    empty = [img["id"] for img in data["images"] if img["id"] not in annotated]
+    assert ds.stats.images_without_boxes == len(empty) > 0
+    assert len(ds) == len(data["images"]) - len(empty)
+    assert not set(empty) & {r.image_id for r in ds.records}
+
+
+def test_degenerate_boxes_are_dropped_and_counted(dataset_copy):
+    ann_file = dataset_copy / "annotations" / "instances_train2017.json"
+    data = json.loads(ann_file.read_text())
+    img = data["images"][0]
+    base = dict(data["annotations"][0], image_id=img["id"])
+    bad = [[5, 5, 0, 10], [5, 5, 10, -1], [img["width"] + 5, 5, 10, 10], [-30, -30, 20, 20]]
+    for i, bbox in enumerate(bad):
+        data["annotations"].append(dict(base, id=10_000 + i, bbox=bbox))
+    ann_file.write_text(json.dumps(data))
+    assert CocoDetection(dataset_copy, "train").stats.degenerate_boxes == len(bad)
+
+
+@pytest.mark.parametrize("min_iou", [m for m in CROP_MODES if m is not None])
+def test_crop_respects_mode_minimum_iou(min_iou):
+    g = torch.Generator().manual_seed(1)
+    accepted = 0
+    for trial in range(500):
+        n = 1 + trial % 2
+        xy = torch.rand(n, 2, generator=g) * 0.4
+        boxes = torch.cat([xy, xy + 0.2 + torch.rand(n, 2, generator=g) * 0.4], dim=1).clamp(max=1)
+        window = try_crop(boxes, min_iou, max_samples=1)
+        if window is None:
+            continue
+        accepted += 1
+        assert (box_iou(boxes, torch.tensor([window])) > min_iou).all()
+        w, h = window[2] - window[0], window[3] - window[1]
+        assert 0.3 <= w <= 1 and 0.3 <= h <= 1 and 0.5 <= w / h <= 2
+    assert accepted > 0 or min_iou >= 0.7  # high minimums may reject every draw
+
+
+def test_augmented_boxes_stay_inside_the_image(synthetic_dataset):
+    ds = CocoDetection(synthetic_dataset, "train")
+    tt, _ = train_transform(ds.num_classes)
+    for i in range(60):
+        torch.manual_seed(i)
+        rec = ds.records[i % len(ds)]
+        image, boxes, labels = tt.augment(ds.load_image(i % len(ds)), rec.boxes_ltrb, rec.labels)
+        assert image.shape == (3, 128, 128)
+        assert len(boxes) == len(labels) > 0
+        assert (boxes >= 0).all() and (boxes <= 1).all()
+        assert (boxes[:, 2:] > boxes[:, :2]).all()
+
+
+def test_flip_mirrors_boxes(monkeypatch):
+    import ssd_ds.data.transforms as T
+
+    monkeypatch.setattr(T, "ssd_crop_window", lambda boxes, max_samples=1: None)
+    tt, _ = train_transform(3)
+    tt.after_crop.transforms[0].p = 1.0  # always flip
+    image = Image.new("RGB", (200, 100), (0, 0, 0))
+    image.paste((255, 0, 0), (20, 10, 80, 60))  # red box at l=20..80, t=10..60
+    box_px = torch.tensor([[20.0, 10.0, 80.0, 60.0]])
+    out, boxes, _ = tt.augment(image, box_px, torch.tensor([1]))
+    assert torch.allclose(boxes, torch.tensor([[1 - 0.4, 0.1, 1 - 0.1, 0.6]]), atol=1e-5)
+    red = out[0] - out[1]  # normalised red minus green: high inside the painted box only
+    l, t, r, b = (boxes[0] * 128).round().int().tolist()
+    assert red[t + 2 : b - 2, l + 2 : r - 2].min() > red[:, : l - 2].max()
+
+
+def test_targets_have_fixed_shapes_and_are_deterministic(synthetic_dataset):
+    ds = CocoDetection(synthetic_dataset, "train")
+    tt, cfg = train_transform(ds.num_classes)
+    ds.transform = tt
+    first = ds[(3, 1234)]
+    again = ds[(3, 1234)]
+    other = ds[(3, 999)]
+    image, loc_t, labels_t, skipped = first
+    assert image.shape == (3, 128, 128)
+    assert loc_t.shape == (cfg.anchors.num_anchors, 4) and labels_t.shape == (cfg.anchors.num_anchors,)
+    assert labels_t.dtype == torch.int64 and skipped == 0
+    assert all(torch.equal(a, b) for a, b in zip(first[:3], again[:3]))
+    assert not torch.equal(first[0], other[0])
+
+
+def test_corrupt_image_is_skipped_and_counted(dataset_copy, caplog):
+    ds = CocoDetection(dataset_copy, "train")
+    victim = ds.records[5].path
+    victim.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    ds.records[9].path.unlink()  # a missing file counts too
+    ds.transform, _ = train_transform(ds.num_classes)
+    sampler = TrainSampler(len(ds), seed=0)
+    loader = build_train_loader(ds, sampler, batch_size=8, workers=0)
+    skipped = sum(int(batch[3].sum()) for batch in loader)
+    assert skipped == 2
+    assert "skipping unreadable image" in caplog.text and victim.name in caplog.text
+    val = CocoDetection(dataset_copy, "val", transform=EvalTransform(128), skip_to_next=False)
+    val.records[0].path.write_bytes(b"garbage")
+    counted = sum(b[3] for b in build_eval_loader(val, 0, 1, batch_size=4, workers=0))
+    seen = sum(len(b[1]) for b in build_eval_loader(val, 0, 1, batch_size=4, workers=0))
+    assert counted == 1 and seen == len(val) - 1
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_eval_sharding_covers_each_image_once(world):
+    for n in (0, 1, 7, 16, 101):
+        shards = [list(eval_shard(n, r, world)) for r in range(world)]
+        assert sorted(i for s in shards for i in s) == list(range(n))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_train_sampler_shards_and_resumes():
+    full = TrainSampler(10, seed=3, rank=0, world_size=1)
+    full.set_epoch(2)
+    whole = list(full)
+    resumed = TrainSampler(10, seed=3)
+    resumed.set_epoch(2, start=4)
+    assert list(resumed) == whole[4:]
+    shards = []
+    for r in range(3):
+        s = TrainSampler(10, seed=3, rank=r, world_size=3)
+        s.set_epoch(2)
+        shards.append([i for i, _ in s])
+    assert {i for s in shards for i in s} == set(range(10)) and all(len(s) == 4 for s in shards)
+    full.set_epoch(3)
+    assert [i for i, _ in full] != [i for i, _ in whole]  # reshuffled per epoch
+
+
+def test_missing_inputs_are_clear_errors(tmp_path, dataset_copy):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        CocoDetection(tmp_path / "nowhere", "train")
+    (dataset_copy / "annotations" / "instances_val2017.json").unlink()
+    with pytest.raises(FileNotFoundError, match="instances_val2017.json"):
+        CocoDetection(dataset_copy, "val")
+    (dataset_copy / "annotations" / "instances_train2017.json").write_text("{not json")
+    with pytest.raises(ValueError, match="instances_train2017.json: malformed JSON"):
+        CocoDetection(dataset_copy, "train")
