@@ -1,0 +1,156 @@
+"""Evaluation (SPEC section 6): sharded inference on every rank, detections gathered on rank 0, and COCOeval in a
+background process while training goes on.
+
+Rank 0 writes the gathered detections as an `[N, 7]` array (`image_id, x, y, w, h, score, category_id`, the form
+`COCO.loadRes` takes) to `<run_dir>/eval/epoch_<e>.npy` atomically and starts one spawned process per evaluation
+that runs pycocotools' COCOeval and writes `epoch_<e>.json` atomically. The trainer polls: a finished result is
+picked up; a process that died without a result is logged as failed and the next evaluation simply starts a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ssd_ds.box_coder import BoxCoder
+from ssd_ds.postprocess import PostprocessConfig, postprocess, to_coco_results
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict(model, loader, coder: BoxCoder, label_to_category: dict[int, int], device: torch.device,
+            autocast_dtype: torch.dtype | None = None, draw: int = 0):
+    """This rank's detections as an [N, 7] float64 array, the count of skipped images, and up to `draw` examples
+    `(image [3,S,S], boxes_ltrb relative, scores, labels)` for TensorBoard."""
+    was_training = model.training
+    model.eval()
+    rows, skipped, examples = [], 0, []
+    for images, image_ids, sizes, n_skipped in loader:
+        skipped += n_skipped
+        if images is None:
+            continue
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            locs, logits = model(images)
+        detections = postprocess(locs, logits, coder)
+        for (boxes, scores, labels), image in zip(detections, images):
+            if len(examples) < draw:
+                examples.append((image.cpu(), boxes.cpu(), scores.cpu(), labels.cpu()))
+        for r in to_coco_results(detections, image_ids, sizes, label_to_category):
+            rows.append([r["image_id"], *r["bbox"], r["score"], r["category_id"]])
+    model.train(was_training)
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 7), skipped, examples
+
+
+def gather_detections(local: np.ndarray) -> np.ndarray | None:
+    """All ranks' detections on rank 0 (None elsewhere); a no-op without torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(local, gathered, dst=0)
+    if dist.get_rank() != 0:
+        return None
+    return np.concatenate(gathered, axis=0)
+
+
+def coco_eval(ann_file: str, detections: np.ndarray) -> dict[str, float]:
+    """pycocotools COCOeval (bbox) over every image of the annotation file; AP, AP50, AP75, ... by name."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann_file)
+        if len(detections) == 0:
+            return {name: 0.0 for name in STAT_NAMES}
+        dt = gt.loadRes(detections)
+        evaluator = COCOeval(gt, dt, iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def _eval_worker(ann_file: str, det_file: str, result_file: str) -> None:
+    """Body of the background process: COCOeval of a detections file, result written atomically."""
+    stats = coco_eval(ann_file, np.load(det_file))
+    _write_json_atomic(Path(result_file), stats)
+
+
+@dataclass
+class PendingEval:
+    epoch: int
+    process: mp.Process
+    result_file: Path
+
+
+class BackgroundEvaluator:
+    """One spawned COCOeval process per evaluation; `poll()` returns finished (epoch, stats or None on failure)."""
+
+    def __init__(self, ann_file: str | Path, out_dir: Path):
+        self.ann_file = str(ann_file)
+        self.out_dir = out_dir
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.pending: list[PendingEval] = []
+        self._ctx = mp.get_context("spawn")  # no fork of a process holding threads, CUDA or gloo state
+
+    def submit(self, epoch: int, detections: np.ndarray) -> None:
+        det_file = self.out_dir / f"epoch_{epoch}.npy"
+        tmp = self.out_dir / f"epoch_{epoch}.tmp.npy"
+        np.save(tmp, detections)
+        os.replace(tmp, det_file)
+        result_file = self.out_dir / f"epoch_{epoch}.json"
+        result_file.unlink(missing_ok=True)
+        process = self._ctx.Process(
+            target=_eval_worker, args=(self.ann_file, str(det_file), str(result_file)), daemon=True,
+            name=f"coco-eval-epoch-{epoch}",
+        )
+        process.start()
+        self.pending.append(PendingEval(epoch, process, result_file))
+
+    def poll(self) -> list[tuple[int, dict | None]]:
+        """Evaluations that ended since the last poll: (epoch, stats), stats None when the process died."""
+        done = []
+        for job in list(self.pending):
+            if job.process.is_alive():
+                continue
+            job.process.join()
+            self.pending.remove(job)
+            if job.result_file.is_file():
+                done.append((job.epoch, json.loads(job.result_file.read_text())))
+            else:
+                log.error("evaluation of epoch %d failed: process exited with code %s and no result",
+                          job.epoch, job.process.exitcode)
+                done.append((job.epoch, None))
+        return done
+
+    def wait(self, timeout: float | None = None) -> list[tuple[int, dict | None]]:
+        """Block until every pending evaluation ends (or the timeout passes), then poll."""
+        for job in self.pending:
+            job.process.join(timeout)
+        return self.poll()
+
+    def close(self) -> None:
+        for job in self.pending:
+            job.process.kill()
+            job.process.join()
+        self.pending.clear()

@@ -1,0 +1,477 @@
+"""The trainer: `python -m ssd_ds.train [--preset demo|mlperf] [--field value ...]` (one process) or
+`deepspeed [--hostfile H] [--num_gpus N] ssd_ds/train.py --deepspeed_config ds_configs/X.json ...`.
+
+Built top to bottom in dependency order: config -> distributed -> run directory and logs -> data -> model ->
+speed-ups (kernel choice -> memory format -> torch.compile -> deepspeed.initialize) -> resume -> the loop. The step
+and the evaluation are their own small functions; run state is the few attributes of `RunState`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # launched as a script (deepspeed ssd_ds/train.py): make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ssd_ds.train_config import TrainConfig, check_batch, config_from_args, should_evaluate  # noqa: E402
+
+log = logging.getLogger("ssd_ds.train")
+
+
+def setup_process_env() -> None:
+    """Single-process runs get the rendezvous variables the launcher would set; CPU-only machines use DeepSpeed's
+    CPU accelerator (it must be chosen before deepspeed is imported)."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@dataclass
+class RunState:
+    """Where the run is: saved in every checkpoint's client state."""
+
+    epoch: int = 0  # completed epochs
+    iteration: int = 0  # completed optimizer steps in all
+    iter_in_epoch: int = 0  # completed optimizer steps in the current epoch
+    best_map: float = 0.0
+    success: bool = False
+    evals: dict = field(default_factory=dict)  # epoch -> stats
+
+
+class SSDTrainStep(torch.nn.Module):
+    """Model + loss as one module, so torch.compile sees the whole forward and DeepSpeed drives it."""
+
+    def __init__(self, model: torch.nn.Module, loss_parts):
+        super().__init__()
+        self.model = model
+        self.loss_parts = loss_parts
+
+    def forward(self, images, loc_t, labels_t):
+        locs, logits = self.model(images)
+        loc, conf, num_pos = self.loss_parts(locs, logits, loc_t, labels_t)
+        scale = (num_pos > 0).float() / num_pos.clamp(min=1e-6)  # SPEC section 4 normalisation
+        return ((loc + conf) * scale).mean(), (loc * scale).mean(), (conf * scale).mean()
+
+
+def precision_of(ds_config: dict, path: str) -> torch.dtype | None:
+    """The autocast dtype the DeepSpeed JSON asks for (None = fp32).
+
+    Reduced precision goes through DeepSpeed's `torch_autocast`: parameters, BatchNorm and the optimizer stay fp32
+    (SPEC section 7: NVIDIA kept BN in fp32), convolutions run in bf16/fp16; fp16 adds dynamic loss scaling.
+    DeepSpeed's `bf16`/`fp16` blocks cast every parameter, BatchNorm's included, so they are refused here.
+    """
+    for block in ("bf16", "fp16"):
+        if ds_config.get(block, {}).get("enabled"):
+            raise ValueError(f"{path}: '{block}.enabled' casts BatchNorm to {block}; use "
+                             f"\"torch_autocast\": {{\"enabled\": true, \"dtype\": \"...\"}} instead")
+    autocast = ds_config.get("torch_autocast", {})
+    if not autocast.get("enabled"):
+        return None
+    dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    name = str(autocast.get("dtype", "bfloat16")).replace("torch.", "")
+    if name not in dtype:
+        raise ValueError(f"{path}: torch_autocast.dtype {name!r} is not bfloat16 or float16")
+    if dtype[name] == torch.float16 and not torch.cuda.is_available():
+        raise ValueError(f"{path}: fp16 needs a GPU (DeepSpeed refuses fp16 on CPU); use bfloat16 or fp32")
+    return dtype[name]
+
+
+def load_ds_config(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: DeepSpeed config not found") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: malformed JSON ({exc})") from None
+
+
+def train_step(engine, batch, device, autocast_dtype):
+    """One micro-batch: forward, backward (DeepSpeed scales for accumulation), step at the boundary."""
+    images, loc_t, labels_t, _ = batch
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    loss, loc, conf = engine(images, loc_t.to(device, non_blocking=True), labels_t.to(device, non_blocking=True))
+    engine.backward(loss)
+    engine.step()
+    return loss.detach(), loc.detach(), conf.detach()
+
+
+class Trainer:
+    """Owns the engine, loaders, loggers and evaluator of one run."""
+
+    def __init__(self, cfg: TrainConfig):
+        import deepspeed
+        import torch.distributed as dist
+
+        from ssd_ds import checkpoint
+        from ssd_ds.anchors import default_boxes_ltrb
+        from ssd_ds.box_coder import BoxCoder
+        from ssd_ds.config import build_model_config
+        from ssd_ds.data.coco import CocoDetection
+        from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader
+        from ssd_ds.data.transforms import EvalTransform, TrainTransform
+        from ssd_ds.evaluate import BackgroundEvaluator
+        from ssd_ds.loss import ssd_loss_parts
+        from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, MLPerfLogger
+        from ssd_ds.model import build_model
+        from ssd_ds.schedule import base_lr, lr_factor
+        from mlperf_logging.mllog import constants as K
+
+        self.cfg, self.K, self.dist, self.checkpoint = cfg, K, dist, checkpoint
+        # Distributed.
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            self.device = torch.device("cuda", local_rank)
+        else:
+            self.device = torch.device("cpu")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+
+        # Run directory, logs.
+        self.run_dir = Path(cfg.run_dir)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / "config.json")
+        dist.barrier()
+        self.mll = MLPerfLogger(self.run_dir / "mlperf.log", enabled=self.rank == 0)
+        self.mll.start(K.INIT_START)
+        self.mll.submission(cfg.division, cfg.submission_platform)
+        self.mll.event(K.CACHE_CLEAR, True)
+
+        # Data.
+        if cfg.synthetic and self.rank == 0:
+            from ssd_ds.data.synthetic import ensure_synthetic
+
+            ensure_synthetic(cfg.data)
+        dist.barrier()
+        self.train_set = CocoDetection(cfg.data, "train")
+        self.val_set = CocoDetection(cfg.data, "val", skip_to_next=False)
+
+        # Model and box coder.
+        model_cfg = build_model_config(cfg.model, num_classes=self.train_set.num_classes,
+                                       backbone_weights=cfg.backbone_weights)
+        self.coder = BoxCoder(default_boxes_ltrb(model_cfg.anchors))
+        model = build_model(model_cfg)
+        self.train_set.transform = TrainTransform(model_cfg.input_size, self.coder, CROP_MAX_SAMPLES)
+        self.val_set.transform = EvalTransform(model_cfg.input_size)
+
+        # Engine settings from the DeepSpeed JSON, checked against the world size.
+        ds_config = load_ds_config(cfg.deepspeed_config)
+        self.plan = check_batch(ds_config, cfg.deepspeed_config, self.world)
+        ds_config.setdefault("train_batch_size", self.plan.global_batch)
+        ds_config.setdefault("steps_per_print", 10**9)
+        self.autocast_dtype = precision_of(ds_config, cfg.deepspeed_config)
+
+        self.sampler = TrainSampler(len(self.train_set), cfg.seed, self.rank, self.world)
+        self.train_loader = build_train_loader(self.train_set, self.sampler, self.plan.micro_batch, cfg.workers,
+                                               pin_memory=self.device.type == "cuda")
+        self.iters_per_epoch = len(self.train_loader) // self.plan.accumulation
+        if self.iters_per_epoch < 1:
+            raise ValueError(f"{cfg.data}: {len(self.train_set)} training images give no full global batch of "
+                             f"{self.plan.global_batch}")
+        self.eval_loader = build_eval_loader(self.val_set, self.rank, self.world, cfg.eval_batch, cfg.workers)
+
+        # Optimizer and schedule.
+        self.base_lr = base_lr(cfg.lr_arg, self.plan.global_batch)
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.base_lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(
+            it, self.iters_per_epoch, cfg.warmup_iters, cfg.warmup_factor, cfg.decay_epochs, cfg.decay_factor))
+
+        # Speed-ups, in order: kernel choice -> memory format -> torch.compile -> deepspeed.initialize.
+        self.step_module = SSDTrainStep(model, ssd_loss_parts)
+        if self.device.type == "cuda" and cfg.channels_last:
+            self.step_module = self.step_module.to(self.device, memory_format=torch.channels_last)
+        if cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda"):
+            self.step_module.compile()
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=self.step_module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+
+        self.state = RunState()
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        where = checkpoint.find_resume(cfg.resume, self.ckpt_dir)
+        if where is not None:
+            client = checkpoint.load(self.engine, where)
+            self.state = RunState(**client["run_state"])
+            checkpoint.set_rng_state(client["rng"])
+            log.info("resumed from %s/%s at epoch %d, iteration %d", *where, self.state.epoch, self.state.iteration)
+
+        self.evaluator = BackgroundEvaluator(self.val_set.ann_file, self.run_dir / "eval") if self.rank == 0 else None
+        self.submitted_at: dict[int, int] = {}  # epoch -> iteration at which its evaluation was submitted
+        self.writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.metrics = open(self.run_dir / "metrics.jsonl", "a") if self.rank == 0 else None
+
+        self.mll.hyperparameters(cfg.seed, self.plan.micro_batch, self.plan.global_batch, self.base_lr,
+                                 cfg.decay_epochs, cfg.weight_decay, cfg.warmup_iters, cfg.warmup_factor)
+        self.mll.event(K.TRAIN_SAMPLES, len(self.train_set))
+        self.mll.event(K.MAX_SAMPLES, CROP_MAX_SAMPLES)
+        self.mll.event(K.EVAL_SAMPLES, len(self.val_set))
+        self.mll.end(K.INIT_STOP)
+
+    # --- the loop -------------------------------------------------------------------------------------------
+    def run(self) -> RunState:
+        cfg, K, state = self.cfg, self.K, self.state
+        self.mll.start(K.RUN_START)
+        total = cfg.epochs * self.iters_per_epoch
+        if cfg.max_iters:
+            total = min(total, cfg.max_iters)
+        progress = None
+        if self.rank == 0 and cfg.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=total, initial=state.iteration, unit="it", dynamic_ncols=True, file=sys.stdout)
+        self.pending_losses: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        status = "aborted"
+        try:
+            while state.epoch < cfg.epochs and not state.success and state.iteration < total:
+                self.run_epoch(total, progress)
+                if state.success or state.iteration >= total:
+                    break
+            if not state.success:
+                self.finish_evaluations()
+            self.verify_replicas()
+            status = "success" if state.success else "aborted"
+        finally:
+            if progress is not None:
+                progress.close()
+            self.mll.end(K.RUN_STOP, metadata={"status": status})
+            self.close()
+        return state
+
+    def run_epoch(self, total: int, progress) -> None:
+        cfg, K, state = self.cfg, self.K, self.state
+        epoch = state.epoch + 1  # 1-based epoch being trained
+        if state.iter_in_epoch == 0:
+            self.mll.start(K.EPOCH_START, metadata={"epoch_num": epoch})
+            if self.block_starts(epoch):
+                self.mll.start(K.BLOCK_START, metadata={"first_epoch_num": epoch,
+                                                        "epoch_count": self.block_length(epoch)})
+        accum = self.plan.accumulation
+        self.sampler.set_epoch(state.epoch, start=state.iter_in_epoch * accum * self.plan.micro_batch)
+        micro_batches = (self.iters_per_epoch - state.iter_in_epoch) * accum
+        batches = iter(islice(self.train_loader, micro_batches))
+        t_step = time.perf_counter()
+        data_wait = 0.0
+        while state.iter_in_epoch < self.iters_per_epoch and state.iteration < total:
+            for _ in range(accum):
+                t0 = time.perf_counter()
+                batch = next(batches)
+                data_wait += time.perf_counter() - t0
+                loss, loc, conf = train_step(self.engine, batch, self.device, self.autocast_dtype)
+            state.iteration += 1
+            state.iter_in_epoch += 1
+            self.pending_losses.append((state.iteration, loss, loc, conf))
+            if state.iteration % cfg.log_every == 0 or state.iter_in_epoch == self.iters_per_epoch:
+                elapsed = time.perf_counter() - t_step
+                self.log_training(len(self.pending_losses), elapsed, data_wait, progress)
+                t_step, data_wait = time.perf_counter(), 0.0
+                if self.poll_evaluations():
+                    return
+            if cfg.checkpoint_every and state.iteration % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        del batches
+        if state.iter_in_epoch < self.iters_per_epoch:  # stopped by max_iters
+            return
+        state.epoch, state.iter_in_epoch = epoch, 0
+        self.mll.end(K.EPOCH_STOP, metadata={"epoch_num": epoch})
+        if should_evaluate(cfg, epoch):
+            self.evaluate(epoch)
+            self.mll.end(K.BLOCK_STOP, metadata={"first_epoch_num": self.block_first(epoch)})
+        self.save_checkpoint()
+
+    # --- MLPerf blocks: the epochs between two evaluations -------------------------------------------------
+    def block_starts(self, epoch: int) -> bool:
+        return epoch == 1 or should_evaluate(self.cfg, epoch - 1)
+
+    def block_first(self, epoch: int) -> int:
+        first = epoch
+        while first > 1 and not should_evaluate(self.cfg, first - 1):
+            first -= 1
+        return first
+
+    def block_length(self, epoch: int) -> int:
+        last = epoch
+        while not should_evaluate(self.cfg, last):
+            last += 1
+        return last - epoch + 1
+
+    # --- logging, checks ----------------------------------------------------------------------------------------
+    def check_finite(self) -> list[tuple[int, float, float, float]]:
+        """Bring the pending losses to the host (one sync) and stop on the first non-finite one."""
+        if not self.pending_losses:
+            return []
+        values = torch.stack([torch.stack(p[1:]) for p in self.pending_losses]).float().cpu().tolist()
+        rows = [(p[0], *v) for p, v in zip(self.pending_losses, values)]
+        self.pending_losses = []
+        for iteration, loss, _, _ in rows:
+            if not math.isfinite(loss):
+                latest = self.ckpt_dir / "latest"
+                kept = latest.read_text().strip() if latest.is_file() else "none saved yet"
+                raise FloatingPointError(f"loss is {loss} at iteration {iteration}; stopping. Last checkpoint "
+                                         f"({kept}) in {self.ckpt_dir} is intact")
+        return rows
+
+    def log_training(self, steps: int, elapsed: float, data_wait: float, progress) -> None:
+        rows = self.check_finite()
+        if self.rank != 0 or not rows:
+            return
+        lr = self.scheduler.get_last_lr()[0]
+        img_s = steps * self.plan.global_batch / max(elapsed, 1e-9)
+        iteration, loss, loc, conf = rows[-1]
+        for it, l, lc, cf in rows:
+            self.metrics.write(json.dumps({"iteration": it, "loss": l, "loc": lc, "conf": cf}) + "\n")
+        self.metrics.flush()
+        w = self.writer
+        w.add_scalar("loss/total", loss, iteration)
+        w.add_scalar("loss/loc", loc, iteration)
+        w.add_scalar("loss/conf", conf, iteration)
+        w.add_scalar("lr", lr, iteration)
+        w.add_scalar("throughput/images_per_s", img_s, iteration)
+        w.add_scalar("throughput/data_wait_s_per_step", data_wait / steps, iteration)
+        if progress is not None:
+            progress.update(iteration - progress.n)
+            progress.set_postfix(epoch=self.state.epoch + 1, loss=f"{loss:.3f}", lr=f"{lr:.4f}",
+                                 img_s=f"{img_s:.0f}", refresh=False)
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        self.check_finite()
+        from dataclasses import asdict
+
+        client = {"run_state": asdict(self.state), "rng": self.checkpoint.rng_state(),
+                  "sampler": self.sampler.state_dict(), "config": asdict(self.cfg)}
+        tag = f"epoch{self.state.epoch:03d}_iter{self.state.iteration:07d}"
+        self.checkpoint.save(self.engine, self.ckpt_dir, tag, client, self.cfg.keep_checkpoints)
+
+    # --- evaluation ---------------------------------------------------------------------------------------------
+    def evaluate(self, epoch: int) -> None:
+        """Sharded inference now; COCOeval in the background on rank 0."""
+        from ssd_ds.evaluate import gather_detections, predict
+
+        self.mll.start(self.K.EVAL_START, metadata={"epoch_num": epoch})
+        model = self.engine.module.model
+        draw = self.cfg.eval_images_to_draw if self.rank == 0 else 0
+        local, skipped, examples = predict(model, self.eval_loader, self.coder, self.val_set.label_to_category,
+                                           self.device, self.autocast_dtype, draw)
+        if skipped:
+            log.warning("evaluation at epoch %d skipped %d unreadable images on rank %d", epoch, skipped, self.rank)
+        detections = gather_detections(local)
+        if self.rank == 0:
+            self.evaluator.submit(epoch, detections)
+            self.submitted_at[epoch] = self.state.iteration
+            self.draw_examples(epoch, examples)
+
+    def draw_examples(self, epoch: int, examples) -> None:
+        from torchvision.utils import draw_bounding_boxes
+
+        from ssd_ds.data.transforms import MEAN, STD
+
+        for i, (image, boxes, scores, labels) in enumerate(examples):
+            pixels = (image * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]).clamp(0, 1)
+            pixels = (pixels * 255).to(torch.uint8)
+            keep = scores > 0.3
+            size = image.shape[-1]
+            drawn = draw_bounding_boxes(pixels, boxes[keep] * size,
+                                        labels=[f"{l}:{s:.2f}" for l, s in zip(labels[keep].tolist(),
+                                                                                scores[keep].tolist())])
+            self.writer.add_image(f"val/image_{i}", drawn, epoch)
+
+    def poll_evaluations(self, results=None) -> bool:
+        """Rank 0 picks up finished evaluations; the stop decision is broadcast so all ranks stop together."""
+        stop = torch.zeros(1, device=self.device)
+        if self.rank == 0:
+            for epoch, stats in (self.evaluator.poll() if results is None else results):
+                self.record_evaluation(epoch, stats)
+            stop.fill_(float(self.state.success))
+        self.dist.broadcast(stop, src=0)
+        self.state.success = bool(stop.item())
+        return self.state.success
+
+    def record_evaluation(self, epoch: int, stats: dict | None) -> None:
+        K = self.K
+        event = {"eval_epoch": epoch, "submitted_at": self.submitted_at.pop(epoch, None),
+                 "picked_up_at": self.state.iteration, "stats": stats}
+        self.metrics.write(json.dumps(event) + "\n")
+        self.metrics.flush()
+        if stats is None:
+            self.writer.add_text("eval/failure", f"evaluation of epoch {epoch} failed; training goes on", epoch)
+            return
+        self.state.evals[epoch] = stats
+        self.state.best_map = max(self.state.best_map, stats["AP"])
+        self.mll.event(K.EVAL_ACCURACY, stats["AP"], metadata={"epoch_num": epoch})
+        self.mll.end(K.EVAL_STOP, metadata={"epoch_num": epoch})
+        for name in ("AP", "AP50", "AP75"):
+            self.writer.add_scalar(f"eval/{name}", stats[name], epoch)
+        log.info("epoch %d: COCO AP %.4f (AP50 %.4f, AP75 %.4f)", epoch, stats["AP"], stats["AP50"], stats["AP75"])
+        if stats["AP"] >= self.cfg.target_map:
+            self.state.success = True
+
+    def finish_evaluations(self) -> None:
+        """At the end of the schedule: wait for evaluations still running, they may reach the target."""
+        results = self.evaluator.wait() if self.rank == 0 else []
+        self.poll_evaluations(results)
+
+    def verify_replicas(self) -> None:
+        """Data parallelism must leave every rank with the same parameters: compare checksums across ranks."""
+        with torch.no_grad():
+            local = torch.stack([p.double().sum() for p in self.engine.module.parameters()]).sum().reshape(1)
+        sums = [torch.zeros_like(local) for _ in range(self.world)]
+        self.dist.all_gather(sums, local.to(self.device))
+        checksums = [float(s.item()) for s in sums]
+        if self.rank == 0:
+            self.metrics.write(json.dumps({"param_checksums": checksums}) + "\n")
+            self.metrics.flush()
+        if len(set(checksums)) != 1:
+            raise RuntimeError(f"parameters differ across ranks after training: checksums {checksums}")
+
+    def close(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        self.mll.close()
+
+
+def main(argv: list[str] | None = None) -> RunState:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_from_args(argv)
+    setup_process_env()
+    trainer = Trainer(cfg)
+    state = trainer.run()
+    if trainer.rank == 0:
+        print(f"run {'reached' if state.success else 'did not reach'} the target AP {cfg.target_map}: "
+              f"best AP {state.best_map:.4f} after {state.epoch} epochs, {state.iteration} iterations")
+        print(f"MLPerf log:  {trainer.run_dir / 'mlperf.log'}")
+        print(f"TensorBoard: tensorboard --logdir {trainer.run_dir / 'tensorboard'}")
+    return state
+
+
+if __name__ == "__main__":
+    main()
