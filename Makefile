@@ -15,7 +15,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m ssd_ds.smoke
+	$(PY) -m ssd_ds.train --preset demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
