@@ -19,8 +19,9 @@ d logits = g/B * weight * (softmax - onehot(label)), reading only the rows with 
 negatives); d locs = g/B * pos / max(num_pos, 1e-6) * clamp(locs - loc_t, -1, 1). The targets get no gradient.
 
 Dtypes: locs and logits fp32, bf16 or fp16, and strided (the model's outputs are transposed views, read in place;
-gradients come back in the same dtype and layout); loc_t any float; labels_t integer in [0, C). All arithmetic and accumulation is fp32; the loss is an fp32 scalar. A <= MAX_ANCHORS, so that one image's
-CE values fit one program's registers.
+gradients come back in the same dtype and layout); loc_t any float; labels_t integer in [0, C). All arithmetic and
+accumulation is fp32; the loss is an fp32 scalar. A <= MAX_ANCHORS, so that one image's CE values fit one program's
+registers.
 """
 
 from __future__ import annotations
