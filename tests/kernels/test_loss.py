@@ -11,15 +11,36 @@ SHAPES = [(4, 512, 16), (3, 301, 11)]  # (B, A, C): aligned, odd
 
 
 def make_batch(num_pos, A, C, device, dtype=torch.float32, logits=None):
-    """Random locs, logits, loc_t and labels with num_pos[b] positives in image b (generated on CPU)."""
+    """Random locs, logits, loc_t and labels with num_pos[b] positives in image b (generated on CPU).
+
+    Random logits are drawn again while any image has a near-tie at its mining boundary: selection is discontinuous
+    there, so CE values within rounding of each other may rank differently in two correct implementations. Exact
+    ties (as in the tie tests, which pass their own logits) rank the same in both.
+    """
     B = len(num_pos)
     locs = torch.randn(B, A, 4) * 1.5  # wide enough that |locs - loc_t| > 1 happens (SmoothL1's linear part)
-    logits = torch.randn(B, A, C) * 2 if logits is None else logits
     loc_t = torch.randn(B, A, 4)
     labels_t = torch.zeros(B, A, dtype=torch.long)
     for b, n in enumerate(num_pos):
         labels_t[b, torch.randperm(A)[:n]] = torch.randint(1, C, (n,))
+    if logits is None:
+        logits = torch.randn(B, A, C) * 2
+        while boundary_gap(logits.to(dtype), labels_t) < 1e-5:
+            logits = torch.randn(B, A, C) * 2
     return locs.to(device, dtype), logits.to(device, dtype), loc_t.to(device), labels_t.to(device)
+
+
+def boundary_gap(logits, labels_t):
+    """Smallest non-zero gap, over the images, between the last mined CE and the next one (inf if there is none)."""
+    positive = labels_t > 0
+    ce = F.cross_entropy(logits.float().transpose(1, 2), labels_t, reduction="none").masked_fill(positive, 0.0)
+    ranked = ce.sort(dim=1, descending=True).values
+    k = 3 * positive.sum(dim=1, keepdim=True)
+    has_boundary = (k > 0) & (k < labels_t.shape[1])
+    k = k.clamp(1, labels_t.shape[1] - 1)
+    gaps = ranked.gather(1, k - 1) - ranked.gather(1, k)
+    gaps = gaps[has_boundary & (gaps > 0)]
+    return gaps.min().item() if gaps.numel() else float("inf")
 
 
 def loss_and_grads(fn, locs, logits, loc_t, labels_t):
