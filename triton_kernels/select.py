@@ -8,7 +8,6 @@ backend. Modules are imported only when their backend is chosen, so a run on the
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 from typing import Callable
 
@@ -28,8 +27,10 @@ OPS = {
 def triton_unavailable_reason(device: torch.device | str) -> str | None:
     """Why the Triton kernels cannot run on `device`, or None when they can."""
     device = torch.device(device)
-    if importlib.util.find_spec("triton") is None:
-        return "the triton package is not installed"
+    try:
+        importlib.import_module("triton")
+    except Exception as e:  # not installed, or installed but broken: either way the kernels cannot run
+        return f"triton does not import ({type(e).__name__}: {e})"
     if device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
         return None
     return (
@@ -39,14 +40,14 @@ def triton_unavailable_reason(device: torch.device | str) -> str | None:
 
 
 def resolve_backend(requested: str, device: torch.device | str) -> str:
-    """"auto" -> "triton" on CUDA when Triton is installed, else "torch"; "triton" where it cannot run is an error."""
+    """"auto" -> "triton" on CUDA when Triton imports, else "torch"; "triton" where it cannot run is an error."""
     if requested not in BACKENDS:
         raise ValueError(f"kernel backend must be one of {BACKENDS}, got {requested!r}")
-    if requested == "torch":
+    if requested == "torch" or (requested == "auto" and torch.device(device).type != "cuda"):
         return "torch"
     reason = triton_unavailable_reason(device)
     if requested == "auto":
-        return "triton" if reason is None and torch.device(device).type == "cuda" else "torch"
+        return "torch" if reason else "triton"
     if reason is not None:
         raise RuntimeError(f"kernel backend 'triton' requested but {reason}; use 'auto' or 'torch'")
     return "triton"
