@@ -1,8 +1,9 @@
 """Matching ground truth to default boxes, offset encoding and decoding (SPEC section 3).
 
 `BoxCoder.encode_batch` takes a padded batch (`gt_ltrb[B,G,4]`, `gt_labels[B,G]`, `num_gt[B]`) and returns fixed-shape
-targets (`loc_t[B,A,4]`, `labels_t[B,A]`); `encode` is the one-image form the data pipeline uses. Both handle
-images with no ground truth (all anchors background). Boxes are relative ltrb in [0, 1].
+targets (`loc_t[B,A,4]`, `labels_t[B,A]`); `encode` is the one-image form the data pipeline uses, and `encode_batch`
+the functional form of tensors only. All handle images with no ground truth (all anchors background). Boxes are
+relative ltrb in [0, 1].
 """
 
 from __future__ import annotations
@@ -101,3 +102,10 @@ class BoxCoder:
     def decode(self, locs: torch.Tensor) -> torch.Tensor:
         """locs [...,A,4] offsets -> ltrb boxes [...,A,4] in relative coordinates."""
         return decode_offsets(locs, self.dboxes_cxcywh)
+
+
+def encode_batch(
+    gt_ltrb: torch.Tensor, gt_labels: torch.Tensor, num_gt: torch.Tensor, dboxes_ltrb: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`BoxCoder(dboxes_ltrb).encode_batch(...)` as a function of tensors: the spec of the Triton encode kernel."""
+    return BoxCoder(dboxes_ltrb).encode_batch(gt_ltrb, gt_labels, num_gt)

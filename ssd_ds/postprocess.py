@@ -5,11 +5,12 @@ then COCO result records in original-image coordinates.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torchvision.ops import batched_nms, box_convert
 
-from ssd_ds.box_coder import BoxCoder
+from ssd_ds.box_coder import BoxCoder, decode_offsets
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,31 @@ def detect_image(
     return cand_boxes[kept], cand_scores[kept], labels[kept]
 
 
+def decode_scores(
+    locs: torch.Tensor, logits: torch.Tensor, dboxes_cxcywh: torch.Tensor, score_threshold: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """locs [B,A,4], logits [B,A,C] -> (boxes_ltrb [B,A,4], softmax scores [B,A,C]), both fp32.
+
+    Scores <= score_threshold are set to 0: `detect_image` keeps only scores above the threshold, so the zeros change
+    no detection. This is the spec of the fused Triton kernel (triton_kernels/decode.py).
+    """
+    scores = torch.softmax(logits.float(), dim=-1)
+    return decode_offsets(locs, dboxes_cxcywh), scores.masked_fill(scores <= score_threshold, 0.0)
+
+
 @torch.no_grad()
 def postprocess(
-    locs: torch.Tensor, logits: torch.Tensor, coder: BoxCoder, cfg: PostprocessConfig = PostprocessConfig()
+    locs: torch.Tensor,
+    logits: torch.Tensor,
+    coder: BoxCoder,
+    cfg: PostprocessConfig = PostprocessConfig(),
+    decode: Callable[..., tuple[torch.Tensor, torch.Tensor]] = decode_scores,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Batch: locs [B,A,4], logits [B,A,C] -> per image (boxes_ltrb [N,4] relative, scores [N], labels [N])."""
-    boxes = coder.decode(locs)
-    scores = torch.softmax(logits.float(), dim=-1)
+    """Batch: locs [B,A,4], logits [B,A,C] -> per image (boxes_ltrb [N,4] relative, scores [N], labels [N]).
+
+    `decode` is `decode_scores` or a kernel of the same signature (triton_kernels.select.decode_scores_fn).
+    """
+    boxes, scores = decode(locs, logits, coder.dboxes_cxcywh, cfg.score_threshold)
     return [detect_image(b, s, cfg) for b, s in zip(boxes, scores)]
 
 

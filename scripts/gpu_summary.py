@@ -1,0 +1,60 @@
+"""The summary table that scripts/gpu_check.sh prints last: one row per step, with what it measured.
+
+`python scripts/gpu_summary.py RESULTS_DIR` reads RESULTS_DIR/steps.tsv (name, status, seconds, log), the pytest
+JUnit XML of a step (NAME.xml) and the benchmark CSV of a step (NAME.csv, fields of
+triton_kernels/benchmarks/common.py); prints a Markdown table and writes it to RESULTS_DIR/summary.md.
+A benchmark row gives, per op and mode at its largest batch, each provider's median time, Triton's GB/s and its
+speed-up over torch eager and over torch.compile.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+
+def test_result(xml: Path) -> str:
+    suite = ET.parse(xml).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    n = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    passed = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
+    return f"{passed} passed, {n['failures']} failed, {n['errors']} errors, {n['skipped']} skipped"
+
+
+def bench_results(path: Path) -> list[str]:
+    rows = list(csv.DictReader(open(path)))
+    out = []
+    for op, mode in dict.fromkeys((r["op"], r["mode"]) for r in rows):
+        case = [r for r in rows if (r["op"], r["mode"]) == (op, mode)]
+        B = max(int(r["B"]) for r in case)
+        ms = {r["provider"]: float(r["ms"]) for r in case if int(r["B"]) == B}
+        gbps = next(float(r["gbps"]) for r in case if int(r["B"]) == B and r["provider"] == "triton")
+        times = ", ".join(f"{p} {t:.3f} ms" for p, t in ms.items())
+        speedups = " / ".join(f"x{ms[p] / ms['triton']:.2f} vs {p}" for p in ms if p != "triton")
+        out.append(f"{op} {mode} B={B}: {times}; triton {gbps:.0f} GB/s, {speedups}")
+    return out
+
+
+def main(results: Path) -> None:
+    lines = ["| step | status | s | result |", "|---|---|---|---|"]
+    for name, status, seconds, log in (line.split("\t") for line in open(results / "steps.tsv").read().splitlines()):
+        details = []
+        if (results / f"{name}.xml").exists():
+            details = [test_result(results / f"{name}.xml")]
+        elif (results / f"{name}.csv").exists():
+            details = bench_results(results / f"{name}.csv")
+        if status != "ok" and (results / log).exists():  # the log's last line says why
+            tail = [line for line in (results / log).read_text().splitlines() if line.strip()][-1:]
+            details += [f"{log}: {tail[0][:160]}" if tail else f"{log} is empty"]
+        for i, detail in enumerate(details or [""]):
+            lines.append(f"| {name} | {status} | {seconds} | {detail} |" if i == 0 else f"| | | | {detail} |")
+    env = (results / "env.txt").read_text().splitlines() if (results / "env.txt").exists() else ["no env.txt"]
+    table = "\n".join([f"GPU check: {env[0]}", "", *lines])
+    (results / "summary.md").write_text(table + "\n")
+    print("\n" + table)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,49 @@
+"""The benchmark scripts refuse cleanly where they cannot time kernels, and gpu_check's summary reads their CSVs."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["bench_loss", "bench_decode", "bench_encode"])
+def test_benchmark_refuses_without_a_gpu_or_in_the_interpreter(name):
+    # With TRITON_INTERPRET=1 every machine must refuse: without a GPU for that reason, with one for the interpreter.
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    run = subprocess.run(
+        [sys.executable, "-m", f"triton_kernels.benchmarks.{name}", "--batches", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"{name}: ") and len(run.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in run.stderr + run.stdout
+
+
+def test_gpu_check_summary(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "scripts" / "gpu_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    (tmp_path / "steps.tsv").write_text(
+        "kernel_tests\tok\t90\tkernel_tests.log\nbench_loss\tok\t60\tbench_loss.log\n"
+        "bench_encode\tfailed(rc=1)\t3\tbench_encode.log\nbench_decode\tskipped(budget)\t0\t-\n"
+    )
+    (tmp_path / "kernel_tests.xml").write_text(
+        '<testsuites><testsuite tests="10" failures="1" errors="0" skipped="2"/></testsuites>'
+    )
+    header = "gpu,op,mode,provider,B,A,C,G,dtype,layout,ms,ms_p20,ms_p80,gbps\n"
+    rows = [("triton", 32, 1.0), ("torch", 32, 3.0), ("triton", 256, 2.0), ("torch", 256, 8.0)]
+    (tmp_path / "bench_loss.csv").write_text(
+        header + "".join(f"H200,ssd_loss,fwd,{p},{B},8732,81,,bfloat16,model,{ms},{ms},{ms},{B}\n" for p, B, ms in rows)
+    )
+    (tmp_path / "bench_encode.log").write_text("...\nRuntimeError: out of memory\n")
+    summary.main(tmp_path)
+    table = (tmp_path / "summary.md").read_text()
+    assert "| kernel_tests | ok | 90 | 7 passed, 1 failed, 0 errors, 2 skipped |" in table
+    assert "ssd_loss fwd B=256: triton 2.000 ms, torch 8.000 ms; triton 256 GB/s, x4.00 vs torch" in table
+    assert "bench_encode.log: RuntimeError: out of memory" in table
+    assert "| bench_decode | skipped(budget) | 0 |" in table

@@ -1,0 +1,54 @@
+"""Microbenchmark of matching and encoding: the Triton kernels against the torch reference
+(`ssd_ds.box_coder.encode_batch`), eager and under torch.compile.
+
+Inputs: a padded batch of G = 100 box slots per image with 1-100 real boxes each (COCO images hold up to ~90), the
+8732 SSD300 default boxes. The op is IoU-bound (B x G x A IoUs), so GB/s is low by nature; it is reported against
+the bytes the op must move: boxes, labels, counts and default boxes read, fp32 offsets and int64 labels written.
+
+    python -m triton_kernels.benchmarks.bench_encode [--batches 32 256] [--out results/bench/bench_encode.csv]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssd_ds.anchors import default_boxes_ltrb
+from ssd_ds.config import mlperf
+from triton_kernels.benchmarks import common
+
+A = common.A_SSD300
+
+NAME = "bench_encode"
+G = 100  # box slots per image (the issue: up to 100 boxes)
+
+
+def make_batch(B: int):
+    wh = 0.02 + torch.rand(B, G, 2, device="cuda") * 0.6
+    xy = torch.rand(B, G, 2, device="cuda") * (1 - wh)
+    gt_ltrb = torch.cat([xy, xy + wh], dim=-1)
+    gt_labels = torch.randint(1, common.C_COCO, (B, G), device="cuda")
+    num_gt = torch.randint(1, G + 1, (B,), device="cuda")
+    return gt_ltrb, gt_labels, num_gt
+
+
+def main() -> None:
+    args = common.parse_args(NAME, __doc__)
+    common.require_gpu(NAME)
+    from triton_kernels.encode import encode_batch, encode_batch_reference
+
+    fns = {"triton": encode_batch, "torch": encode_batch_reference}
+    fns["torch.compile"] = common.compiled(encode_batch_reference)
+    dboxes = default_boxes_ltrb(mlperf().anchors).cuda()
+    report = common.Report(args.out)
+    for B in args.batches:
+        batch = make_batch(B)
+        nbytes = B * G * (16 + 8) + B * 8 + A * 16 + B * A * (16 + 8)
+        report.time_providers(
+            {p: (lambda f=f: f(*batch, dboxes)) for p, f in fns.items()}, nbytes, args.rep,
+            op="encode", mode="fwd", B=B, A=A, G=G, dtype="float32", layout="contiguous",
+        )
+    report.write()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""What the kernel microbenchmarks share: the GPU check, timing, bytes -> GB/s, the printed table and the CSV.
+
+Timing is `triton.testing.do_bench`: L2 flushed before each run, the median over as many runs as fit in `rep` ms
+(with the 20th and 80th percentiles). GB/s is the byte count an op must move (each benchmark's docstring says what it
+counts) divided by the median time, so that the providers are compared against one fixed amount of work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+BATCHES = (32, 64, 128, 256)  # per-GPU batches around the real ones (NVIDIA's v0.7 ran 56-120 per GPU)
+A_SSD300 = 8732  # default boxes (SPEC section 2)
+C_COCO = 81  # 80 classes + background
+FIELDS = ("gpu", "op", "mode", "provider", "B", "A", "C", "G", "dtype", "layout", "ms", "ms_p20", "ms_p80", "gbps")
+
+
+def model_outputs(B: int, layout: str, dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random locs [B,A,4] and logits [B,A,C] on the GPU; layout "model" makes them transposed views of [B,4,A] and
+    [B,C,A], as the model's heads return them, "contiguous" makes them contiguous."""
+    if layout == "model":
+        return tuple(torch.randn(B, n, A_SSD300, device="cuda", dtype=dtype).transpose(1, 2) for n in (4, C_COCO))
+    return tuple(torch.randn(B, A_SSD300, n, device="cuda", dtype=dtype) for n in (4, C_COCO))
+
+
+def require_gpu(name: str) -> None:
+    """Exit with a one-line message (no traceback) where the kernels cannot be timed."""
+    reason = None
+    if not torch.cuda.is_available():
+        reason = "needs a CUDA GPU and found none; on CPU run the kernel tests instead (pytest tests/kernels)"
+    elif os.environ.get("TRITON_INTERPRET") == "1":
+        reason = "TRITON_INTERPRET=1 is set: the kernels would run in the interpreter; unset it to benchmark"
+    if reason:
+        print(f"{name}: {reason}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(name: str, description: str, layouts: bool = False) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=name, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    if layouts:
+        parser.add_argument(
+            "--layout", choices=("model", "contiguous"), default="model",
+            help="model: [B,A,*] transposed views of [B,*,A], as the model returns them; contiguous: [B,A,*]",
+        )
+    parser.add_argument("--out", type=Path, default=Path("results/bench") / f"{name}.csv", help="CSV to write")
+    parser.add_argument("--rep", type=int, default=100, help="ms of timed runs per measurement")
+    return parser.parse_args()
+
+
+def compiled(fn: Callable) -> Callable:
+    """The torch.compile provider: default inductor, dynamic batch so that one compile serves every size."""
+    return torch.compile(fn, dynamic=True)
+
+
+def measure(fn: Callable, rep: int, grad_to_none=None) -> tuple[float, float, float]:
+    """(median, p20, p80) in ms."""
+    import triton.testing
+
+    p20, median, p80 = triton.testing.do_bench(fn, rep=rep, grad_to_none=grad_to_none, quantiles=[0.2, 0.5, 0.8])
+    return median, p20, p80
+
+
+class Report:
+    """Rows of one benchmark: printed as they come, written as CSV at the end."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.gpu = torch.cuda.get_device_name()
+        self.rows: list[dict] = []
+        print(f"# {self.gpu}; torch {torch.__version__}")
+
+    def add(self, times: tuple[float, float, float], nbytes: int, **fields) -> None:
+        ms, p20, p80 = times
+        times = dict(ms=ms, ms_p20=p20, ms_p80=p80, gbps=nbytes / ms / 1e6)
+        row = {f: "" for f in FIELDS} | fields | dict(gpu=self.gpu) | times
+        self.rows.append(row)
+        print(
+            f"{row['op']:>14} {row['mode']:>8} {row['provider']:>13} B={row['B']:<4} {ms:9.3f} ms  "
+            f"{row['gbps']:8.1f} GB/s",
+            flush=True,
+        )
+
+    def time_providers(self, providers: dict[str, Callable], nbytes: int, rep: int, grad_to_none=None, **fields):
+        """Time each provider's zero-argument callable on the same inputs and add a row for each."""
+        for provider, fn in providers.items():
+            self.add(measure(fn, rep, grad_to_none), nbytes, provider=provider, **fields)
+
+    def write(self) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        print(f"wrote {self.out}")

@@ -1,0 +1,84 @@
+"""Kernel choice: what the trainer calls to get each op as the torch reference or as the Triton kernel.
+
+`resolve_backend(requested, device)` turns a config value ("auto", "torch" or "triton") into the backend that will
+run; `op_fn(op, backend)` (and the typed helpers below it) return a callable with the same signature for either
+backend. Modules are imported only when their backend is chosen, so a run on the torch backend never imports Triton.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Callable
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+
+# op -> (torch reference, Triton kernel), as "module:function". Both sides take and return the same tensors.
+OPS = {
+    "ssd_loss": ("ssd_ds.loss:ssd_loss", "triton_kernels.loss:ssd_loss"),
+    "decode": ("ssd_ds.box_coder:decode_offsets", "triton_kernels.decode:decode_boxes"),
+    "decode_scores": ("ssd_ds.postprocess:decode_scores", "triton_kernels.decode:decode_scores"),
+    "encode": ("ssd_ds.box_coder:encode_batch", "triton_kernels.encode:encode_batch"),
+}
+
+
+def triton_unavailable_reason(device: torch.device | str) -> str | None:
+    """Why the Triton kernels cannot run on `device`, or None when they can."""
+    device = torch.device(device)
+    try:
+        importlib.import_module("triton")
+    except Exception as e:  # not installed, or installed but broken: either way the kernels cannot run
+        return f"triton does not import ({type(e).__name__}: {e})"
+    if device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        return None
+    return (
+        f"Triton kernels need a CUDA device, got {device}; on CPU they run only in Triton's interpreter "
+        "(TRITON_INTERPRET=1 set before importing triton_kernels), which is for tests"
+    )
+
+
+def resolve_backend(requested: str, device: torch.device | str) -> str:
+    """"auto" -> "triton" on CUDA when Triton imports, else "torch"; "triton" where it cannot run is an error."""
+    if requested not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {requested!r}")
+    if requested == "torch" or (requested == "auto" and torch.device(device).type != "cuda"):
+        return "torch"
+    reason = triton_unavailable_reason(device)
+    if requested == "auto":
+        return "torch" if reason else "triton"
+    if reason is not None:
+        raise RuntimeError(f"kernel backend 'triton' requested but {reason}; use 'auto' or 'torch'")
+    return "triton"
+
+
+def op_fn(op: str, backend: str) -> Callable:
+    """The callable for `op` (a key of OPS) on a resolved backend, "torch" or "triton"."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; choose from {sorted(OPS)}")
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"backend must be 'torch' or 'triton' (resolve 'auto' with resolve_backend), got {backend!r}")
+    module, name = OPS[op][backend == "triton"].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def ssd_loss_fn(backend: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`loss(locs [B,A,4], logits [B,A,C], loc_t [B,A,4], labels_t [B,A]) -> fp32 scalar` (SPEC section 4)."""
+    return op_fn("ssd_loss", backend)
+
+
+def decode_fn(backend: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`decode(locs [B,A,4], dboxes_cxcywh [A,4]) -> boxes_ltrb [B,A,4] fp32`."""
+    return op_fn("decode", backend)
+
+
+def decode_scores_fn(backend: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """`decode_scores(locs, logits [B,A,C], dboxes_cxcywh, score_threshold=0.05) -> (boxes_ltrb, scores)`, fp32,
+    scores <= threshold written as 0; pass it as `ssd_ds.postprocess.postprocess(..., decode=...)`."""
+    return op_fn("decode_scores", backend)
+
+
+def encode_fn(backend: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """`encode(gt_ltrb [B,G,4], gt_labels [B,G], num_gt [B], dboxes_ltrb [A,4]) -> (loc_t [B,A,4], labels_t [B,A])`."""
+    return op_fn("encode", backend)
