@@ -23,16 +23,17 @@ import torch
 import torch.distributed as dist
 
 from ssd_ds.box_coder import BoxCoder
-from ssd_ds.postprocess import PostprocessConfig, postprocess, to_coco_results
+from ssd_ds.postprocess import decode_scores, postprocess, to_coco_results
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
 def predict(model, loader, coder: BoxCoder, label_to_category: dict[int, int], device: torch.device,
-            autocast_dtype: torch.dtype | None = None, draw: int = 0):
+            autocast_dtype: torch.dtype | None = None, draw: int = 0, decode=decode_scores):
     """This rank's detections as an [N, 7] float64 array, the count of skipped images, and up to `draw` examples
-    `(image [3,S,S], boxes_ltrb relative, scores, labels)` for TensorBoard."""
+    `(image [3,S,S], boxes_ltrb relative, scores, labels)` for TensorBoard. `decode` is the torch or Triton
+    decode+softmax (triton_kernels.select.decode_scores_fn)."""
     was_training = model.training
     model.eval()
     rows, skipped, examples = [], 0, []
@@ -43,7 +44,7 @@ def predict(model, loader, coder: BoxCoder, label_to_category: dict[int, int], d
         images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             locs, logits = model(images)
-        detections = postprocess(locs, logits, coder)
+        detections = postprocess(locs, logits, coder, decode=decode)
         for (boxes, scores, labels), image in zip(detections, images):
             if len(examples) < draw:
                 examples.append((image.cpu(), boxes.cpu(), scores.cpu(), labels.cpu()))

@@ -51,6 +51,13 @@ def ssd_loss(locs: torch.Tensor, logits: torch.Tensor, loc_t: torch.Tensor, labe
     return normalise(loc + conf, num_pos)
 
 
+def localisation_loss(locs: torch.Tensor, loc_t: torch.Tensor, labels_t: torch.Tensor) -> torch.Tensor:
+    """The localisation part of `ssd_loss` alone, normalised the same way (for logging loc and conf apart)."""
+    positive = labels_t > 0
+    sl1 = F.smooth_l1_loss(locs.float(), loc_t.float(), reduction="none", beta=1.0).sum(dim=2)
+    return normalise((sl1 * positive).sum(dim=1), positive.sum(dim=1).float())
+
+
 def normalise(per_image: torch.Tensor, num_pos: torch.Tensor) -> torch.Tensor:
     """mean_b per_image_b / max(npos_b, 1e-6) * (npos_b > 0)."""
     return (per_image * (num_pos > 0).float() / num_pos.clamp(min=1e-6)).mean()

@@ -24,6 +24,7 @@ import torch
 if __package__ in (None, ""):  # launched as a script (deepspeed ssd_ds/train.py): make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ssd_ds.loss import localisation_loss  # noqa: E402
 from ssd_ds.train_config import TrainConfig, check_batch, config_from_args, should_evaluate  # noqa: E402
 
 log = logging.getLogger("ssd_ds.train")
@@ -54,18 +55,23 @@ class RunState:
 
 
 class SSDTrainStep(torch.nn.Module):
-    """Model + loss as one module, so torch.compile sees the whole forward and DeepSpeed drives it."""
+    """Model + loss as one module, so torch.compile sees the whole forward and DeepSpeed drives it.
 
-    def __init__(self, model: torch.nn.Module, loss_parts):
+    `loss_fn` is the torch reference or the Triton kernel (triton_kernels.select). Returns (loss, loc part, conf
+    part); the parts are for logging only, the loc part recomputed outside autograd (elementwise, cheap).
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn):
         super().__init__()
         self.model = model
-        self.loss_parts = loss_parts
+        self.loss_fn = loss_fn
 
     def forward(self, images, loc_t, labels_t):
         locs, logits = self.model(images)
-        loc, conf, num_pos = self.loss_parts(locs, logits, loc_t, labels_t)
-        scale = (num_pos > 0).float() / num_pos.clamp(min=1e-6)  # SPEC section 4 normalisation
-        return ((loc + conf) * scale).mean(), (loc * scale).mean(), (conf * scale).mean()
+        loss = self.loss_fn(locs, logits, loc_t, labels_t)
+        with torch.no_grad():
+            loc = localisation_loss(locs, loc_t, labels_t)
+        return loss, loc, loss.detach() - loc
 
 
 def precision_of(ds_config: dict, path: str) -> torch.dtype | None:
@@ -128,11 +134,11 @@ class Trainer:
         from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader
         from ssd_ds.data.transforms import EvalTransform, TrainTransform
         from ssd_ds.evaluate import BackgroundEvaluator
-        from ssd_ds.loss import ssd_loss_parts
         from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, MLPerfLogger
         from ssd_ds.model import build_model
         from ssd_ds.schedule import base_lr, lr_factor
         from mlperf_logging.mllog import constants as K
+        from triton_kernels.select import decode_scores_fn, resolve_backend, ssd_loss_fn
 
         self.cfg, self.K, self.dist, self.checkpoint = cfg, K, dist, checkpoint
         # Distributed.
@@ -200,7 +206,10 @@ class Trainer:
             it, self.iters_per_epoch, cfg.warmup_iters, cfg.warmup_factor, cfg.decay_epochs, cfg.decay_factor))
 
         # Speed-ups, in order: kernel choice -> memory format -> torch.compile -> deepspeed.initialize.
-        self.step_module = SSDTrainStep(model, ssd_loss_parts)
+        self.kernels = resolve_backend(cfg.kernels, self.device)
+        self.decode_scores = decode_scores_fn(self.kernels)
+        log.info("kernels: %s; device %s; world size %d", self.kernels, self.device, self.world)
+        self.step_module = SSDTrainStep(model, ssd_loss_fn(self.kernels))
         if self.device.type == "cuda" and cfg.channels_last:
             self.step_module = self.step_module.to(self.device, memory_format=torch.channels_last)
         if cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda"):
@@ -377,7 +386,7 @@ class Trainer:
         model = self.engine.module.model
         draw = self.cfg.eval_images_to_draw if self.rank == 0 else 0
         local, skipped, examples = predict(model, self.eval_loader, self.coder, self.val_set.label_to_category,
-                                           self.device, self.autocast_dtype, draw)
+                                           self.device, self.autocast_dtype, draw, self.decode_scores)
         if skipped:
             log.warning("evaluation at epoch %d skipped %d unreadable images on rank %d", epoch, skipped, self.rank)
         detections = gather_detections(local)

@@ -1,7 +1,13 @@
+import os
 import shutil
 
 import pytest
 import torch
+
+# Triton kernels run in Triton's interpreter without a GPU. `triton.jit` reads the variable when a kernel module is
+# imported, so it is set here, before any test module (or torch.compile) can import one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

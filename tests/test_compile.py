@@ -1,14 +1,14 @@
 import torch
 
 from ssd_ds.config import cpu_small
-from ssd_ds.loss import ssd_loss_parts
+from ssd_ds.loss import ssd_loss
 from ssd_ds.model import build_model
 from ssd_ds.train import SSDTrainStep
 
 
 def test_training_step_has_no_graph_breaks():
     cfg = cpu_small(num_classes=5)
-    step = SSDTrainStep(build_model(cfg), ssd_loss_parts)
+    step = SSDTrainStep(build_model(cfg), ssd_loss)
     A = cfg.anchors.num_anchors
     images = torch.randn(2, 3, cfg.input_size, cfg.input_size)
     loc_t = torch.randn(2, A, 4)
