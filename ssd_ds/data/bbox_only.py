@@ -37,7 +37,7 @@ def load_json(path: str | Path) -> dict:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) or not isinstance(doc.get("annotations"), list):
+    if not (isinstance(doc, dict) and all(isinstance(doc.get(k), list) for k in ("images", "annotations"))):
         raise ValueError(f"{path}: not a COCO instances file (need an object with 'images' and 'annotations' lists)")
     return doc
 

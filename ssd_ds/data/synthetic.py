@@ -156,7 +156,9 @@ def _write_dataset(root: Path, cfg: SynthConfig, workers: int) -> None:
 def is_complete(out_dir: str | Path) -> bool:
     """True when out_dir holds a finished synthetic dataset: its manifest and the COCO layout are present."""
     root = Path(out_dir)
-    expected = [root / MANIFEST] + [root / s for s in SPLITS] + [root / "annotations" / f"instances_{s}.json" for s in SPLITS]
+    expected = [root / MANIFEST]
+    for split in SPLITS:
+        expected += [root / split, root / "annotations" / f"instances_{split}.json"]
     return all(p.exists() for p in expected)
 
 
@@ -170,7 +172,9 @@ def _config(num_train: int, num_val: int, seed: int, min_size: int, max_size: in
 
 
 def _default_workers() -> int:
-    return max(1, min(8, len(os.sched_getaffinity(0))))
+    """The CPUs this process may use (affinity, not the machine's count), at most 8."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, usable))
 
 
 def generate(

@@ -26,7 +26,10 @@ DOC = {
         {"id": 2, "image_id": 9, "category_id": 90, "bbox": [100, 100, 50, 60], "area": 2500, "iscrowd": 1,
          "segmentation": {"size": [480, 640], "counts": "abc"}},
     ],
-    "categories": [{"id": 3, "name": "car", "supercategory": "vehicle"}, {"id": 90, "name": "toothbrush", "supercategory": "indoor"}],
+    "categories": [
+        {"id": 3, "name": "car", "supercategory": "vehicle"},
+        {"id": 90, "name": "toothbrush", "supercategory": "indoor"},
+    ],
 }
 
 

@@ -55,7 +55,8 @@ def test_different_seed_differs(dataset, tmp_path):
     other = synthetic.generate(tmp_path / "other", NUM_TRAIN, NUM_VAL, SEED + 1, workers=1)
     ann = "annotations/instances_val2017.json"
     assert (dataset / ann).read_bytes() != (other / ann).read_bytes()
-    assert (dataset / "train2017" / "000000000001.jpg").read_bytes() != (other / "train2017" / "000000000001.jpg").read_bytes()
+    jpg = "train2017/000000000001.jpg"
+    assert (dataset / jpg).read_bytes() != (other / jpg).read_bytes()
 
 
 def test_layout_is_coco_2017(dataset):
@@ -106,9 +107,10 @@ def test_objects_are_not_tiny(split):
         assert ann["bbox"][2] / img["width"] >= 0.07 and ann["bbox"][3] / img["height"] >= 0.07
 
 
-def test_polygon_extent_is_the_box(split):
+def test_polygon_extent_is_the_box_and_its_area_the_area(split):
     # The box is the object's full extent: the polygon, rasterised independently by pycocotools, fills it.
-    # pycocotools drops up to 2 px at the sharp tips of a diamond or triangle, hence the tolerance.
+    # pycocotools drops up to 2 px at the sharp tips of a diamond or triangle, hence the tolerance. The area
+    # check also covers the ring, whose hole a keyhole polygon must cut out.
     _, coco = split
     for ann in coco.dataset["annotations"]:
         if ann["iscrowd"]:
@@ -116,6 +118,7 @@ def test_polygon_extent_is_the_box(split):
         assert isinstance(ann["segmentation"], list) and len(ann["segmentation"][0]) >= 6
         poly_box = mask_utils.toBbox(coco.annToRLE(ann))
         np.testing.assert_allclose(poly_box, ann["bbox"], atol=2.0)
+        assert abs(int(coco.annToMask(ann).sum()) - ann["area"]) <= 0.1 * ann["area"]
 
 
 def test_jpegs_decode_at_the_listed_size(dataset, split):
@@ -204,7 +207,9 @@ def test_ensure_reuses_a_matching_dataset_and_rejects_a_different_one(dataset, m
     assert manifest["seed"] == SEED and manifest["num_train"] == NUM_TRAIN
 
 
-def test_generate_refuses_a_non_empty_directory(tmp_path):
+def test_generate_fills_an_empty_directory_and_refuses_a_non_empty_one(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert synthetic.is_complete(synthetic.generate(tmp_path / "empty", 2, 2, SEED, workers=1))
     (tmp_path / "keep.txt").write_text("someone's data")
     with pytest.raises(FileExistsError):
         synthetic.generate(tmp_path, 2, 2, SEED, workers=1)
