@@ -57,6 +57,7 @@ class SynthConfig:
             raise ValueError(f"need at least one image per split, got train={self.num_train}, val={self.num_val}")
 
     def to_json(self) -> dict:
+        """The manifest: these fields plus the format version of the drawing code."""
         return {"format_version": FORMAT_VERSION, **asdict(self)}
 
 
