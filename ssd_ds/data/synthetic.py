@@ -123,6 +123,7 @@ def _coco_json(split: str, drawn: list[tuple[int, int, list[DrawnObject]]], id_o
 
 
 def _write_split(root: Path, split_code: int, n: int, cfg: SynthConfig, pool: ProcessPoolExecutor | None) -> None:
+    """Draw split `split_code` (0 train, 1 val) into root/<split>/ and write its annotation file."""
     split = SPLITS[split_code]
     id_offset = VAL_ID_OFFSET * split_code
     (root / split).mkdir()
