@@ -4,7 +4,7 @@
 # Steps: the kernel tests on CUDA (real sizes included), then the kernel microbenchmarks. Each step runs under a
 # timeout within one overall budget, logs to <results>/<step>.log and records its status in steps.tsv; the last thing
 # printed is one summary table (also in summary.md). Packages missing here are installed from wheels carried in
-# .whl/ (git-ignored). Later steps (training throughput) are added with `step` below.
+# .whl/ (git-ignored). The last step times training steps of the MLPerf model (ssd_ds.bench train).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,5 +60,7 @@ step kernel_tests 200 "$PY" -m pytest -q tests/kernels --junitxml="$RESULTS/kern
 for op in loss decode encode; do
   step "bench_$op" 100 "$PY" -m triton_kernels.benchmarks.bench_$op --out "$RESULTS/bench_$op.csv"
 done
+# Training-step throughput of the benchmark model: layouts, bf16 and the Triton loss against fp32 eager.
+step train_throughput 150 "$PY" -m ssd_ds.bench train --model mlperf --batch 64 --steps 10
 
 "$PY" scripts/gpu_summary.py "$RESULTS"

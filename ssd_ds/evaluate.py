@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def predict(model, loader, coder: BoxCoder, label_to_category: dict[int, int], device: torch.device,
             autocast_dtype: torch.dtype | None = None, draw: int = 0, decode=decode_scores):
-    """This rank's detections as an [N, 7] float64 array, the count of skipped images, and up to `draw` examples
-    `(image [3,S,S], boxes_ltrb relative, scores, labels)` for TensorBoard. `decode` is the torch or Triton
-    decode+softmax (triton_kernels.select.decode_scores_fn)."""
+    """This rank's detections as an [N, 7] float64 array, the ids of the images it evaluated, the count of skipped
+    images, and up to `draw` examples `(image [3,S,S], boxes_ltrb relative, scores, labels)` for TensorBoard.
+    `decode` is the torch or Triton decode+softmax (triton_kernels.select.decode_scores_fn)."""
     was_training = model.training
     model.eval()
-    rows, skipped, examples = [], 0, []
+    rows, seen, skipped, examples = [], [], 0, []
     for images, image_ids, sizes, n_skipped in loader:
+        seen += image_ids
         skipped += n_skipped
         if images is None:
             continue
@@ -51,18 +52,16 @@ def predict(model, loader, coder: BoxCoder, label_to_category: dict[int, int], d
         for r in to_coco_results(detections, image_ids, sizes, label_to_category):
             rows.append([r["image_id"], *r["bbox"], r["score"], r["category_id"]])
     model.train(was_training)
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 7), skipped, examples
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 7), seen, skipped, examples
 
 
-def gather_detections(local: np.ndarray) -> np.ndarray | None:
-    """All ranks' detections on rank 0 (None elsewhere); a no-op without torch.distributed."""
+def gather_to_rank0(local):
+    """Every rank's `local` object as a list on rank 0 (None elsewhere); `[local]` without torch.distributed."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return local
+        return [local]
     gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(local, gathered, dst=0)
-    if dist.get_rank() != 0:
-        return None
-    return np.concatenate(gathered, axis=0)
+    return gathered if dist.get_rank() == 0 else None
 
 
 def coco_eval(ann_file: str, detections: np.ndarray) -> dict[str, float]:

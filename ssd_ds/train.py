@@ -2,7 +2,7 @@
 `deepspeed [--hostfile H] [--num_gpus N] ssd_ds/train.py --deepspeed_config ds_configs/X.json ...`.
 
 Built top to bottom in dependency order: config -> distributed -> run directory and logs -> data -> model ->
-speed-ups (kernel choice -> memory format -> torch.compile -> deepspeed.initialize) -> resume -> the loop. The step
+speed-ups (kernel choice -> torch.compile -> deepspeed.initialize -> memory format) -> resume -> the loop. The step
 and the evaluation are their own small functions; run state is the few attributes of `RunState`.
 """
 
@@ -16,9 +16,11 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import torch
 
 if __package__ in (None, ""):  # launched as a script (deepspeed ssd_ds/train.py): make the package importable
@@ -107,12 +109,10 @@ def load_ds_config(path: str) -> dict:
         raise ValueError(f"{path}: malformed JSON ({exc})") from None
 
 
-def train_step(engine, batch, device, autocast_dtype):
+def train_step(engine, batch, device, memory_format):
     """One micro-batch: forward, backward (DeepSpeed scales for accumulation), step at the boundary."""
     images, loc_t, labels_t, _ = batch
-    images = images.to(device, non_blocking=True)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
     loss, loc, conf = engine(images, loc_t.to(device, non_blocking=True), labels_t.to(device, non_blocking=True))
     engine.backward(loss)
     engine.step()
@@ -135,16 +135,22 @@ class Trainer:
         from ssd_ds.data.transforms import EvalTransform, TrainTransform
         from ssd_ds.evaluate import BackgroundEvaluator
         from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, MLPerfLogger
+        from ssd_ds.launch import check_local_rank, wait_for_rendezvous
         from ssd_ds.model import build_model
         from ssd_ds.schedule import base_lr, lr_factor
         from mlperf_logging.mllog import constants as K
         from triton_kernels.select import decode_scores_fn, resolve_backend, ssd_loss_fn
 
         self.cfg, self.K, self.dist, self.checkpoint = cfg, K, dist, checkpoint
-        # Distributed.
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        # Distributed: bounded waits everywhere, so a missing or dead rank ends the run instead of hanging it.
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        check_local_rank(local_rank)
+        if int(os.environ["RANK"]) != 0:
+            wait_for_rendezvous(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), cfg.dist_timeout,
+                                int(os.environ["RANK"]))
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   timeout=timedelta(seconds=cfg.dist_timeout))
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
             self.device = torch.device("cuda", local_rank)
@@ -160,7 +166,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.run_dir / "config.json")
         dist.barrier()
-        self.mll = MLPerfLogger(self.run_dir / "mlperf.log", enabled=self.rank == 0)
+        # An evaluation-only run is no MLPerf run: it writes no MLPerf log.
+        self.mll = MLPerfLogger(self.run_dir / "mlperf.log", enabled=self.rank == 0 and not cfg.eval_only)
         self.mll.start(K.INIT_START)
         self.mll.submission(cfg.division, cfg.submission_platform)
         self.mll.event(K.CACHE_CLEAR, True)
@@ -205,17 +212,20 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(
             it, self.iters_per_epoch, cfg.warmup_iters, cfg.warmup_factor, cfg.decay_epochs, cfg.decay_factor))
 
-        # Speed-ups, in order: kernel choice -> memory format -> torch.compile -> deepspeed.initialize.
+        # Speed-ups, in order: kernel choice -> torch.compile -> deepspeed.initialize -> memory format.
         self.kernels = resolve_backend(cfg.kernels, self.device)
         self.decode_scores = decode_scores_fn(self.kernels)
         log.info("kernels: %s; device %s; world size %d", self.kernels, self.device, self.world)
         self.step_module = SSDTrainStep(model, ssd_loss_fn(self.kernels))
-        if self.device.type == "cuda" and cfg.channels_last:
-            self.step_module = self.step_module.to(self.device, memory_format=torch.channels_last)
         if cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda"):
             self.step_module.compile()
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=self.step_module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        # Memory format last: DeepSpeed's start-up broadcast views each parameter as bytes, which needs the default
+        # layout; converting afterwards swaps the tensors under the same Parameter objects the optimizer holds.
+        # torch.compile traces lazily, at the first step, so it still sees the final layout.
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.engine.module.to(memory_format=self.memory_format)
 
         self.state = RunState()
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -272,6 +282,17 @@ class Trainer:
             self.close()
         return state
 
+    def evaluate_only(self) -> RunState:
+        """Evaluate the loaded checkpoint once, wait for COCOeval, and end (no training, no MLPerf run)."""
+        if self.cfg.resume is None:
+            raise ValueError("--eval_only needs --resume auto|PATH: a checkpoint to evaluate")
+        try:
+            self.evaluate(self.state.epoch)
+            self.finish_evaluations()
+        finally:
+            self.close()
+        return self.state
+
     def run_epoch(self, total: int, progress) -> None:
         cfg, K, state = self.cfg, self.K, self.state
         epoch = state.epoch + 1  # 1-based epoch being trained
@@ -291,7 +312,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 batch = next(batches)
                 data_wait += time.perf_counter() - t0
-                loss, loc, conf = train_step(self.engine, batch, self.device, self.autocast_dtype)
+                loss, loc, conf = train_step(self.engine, batch, self.device, self.memory_format)
             state.iteration += 1
             state.iter_in_epoch += 1
             self.pending_losses.append((state.iteration, loss, loc, conf))
@@ -380,20 +401,31 @@ class Trainer:
     # --- evaluation ---------------------------------------------------------------------------------------------
     def evaluate(self, epoch: int) -> None:
         """Sharded inference now; COCOeval in the background on rank 0."""
-        from ssd_ds.evaluate import gather_detections, predict
+        from ssd_ds.evaluate import gather_to_rank0, predict
 
         self.mll.start(self.K.EVAL_START, metadata={"epoch_num": epoch})
         model = self.engine.module.model
         draw = self.cfg.eval_images_to_draw if self.rank == 0 else 0
-        local, skipped, examples = predict(model, self.eval_loader, self.coder, self.val_set.label_to_category,
-                                           self.device, self.autocast_dtype, draw, self.decode_scores)
+        rows, seen, skipped, examples = predict(model, self.eval_loader, self.coder, self.val_set.label_to_category,
+                                                self.device, self.autocast_dtype, draw, self.decode_scores)
         if skipped:
             log.warning("evaluation at epoch %d skipped %d unreadable images on rank %d", epoch, skipped, self.rank)
-        detections = gather_detections(local)
+        gathered = gather_to_rank0((rows, seen, skipped))
         if self.rank == 0:
+            detections = np.concatenate([g[0] for g in gathered])
+            self.check_coverage(epoch, [g[1] for g in gathered], sum(g[2] for g in gathered))
             self.evaluator.submit(epoch, detections)
             self.submitted_at[epoch] = self.state.iteration
             self.draw_examples(epoch, examples)
+
+    def check_coverage(self, epoch: int, seen_per_rank: list[list[int]], skipped: int) -> None:
+        """Every validation image evaluated exactly once over all ranks (SPEC section 6), unreadable ones aside."""
+        seen = [i for ids in seen_per_rank for i in ids]
+        record = {"eval_coverage": epoch, "per_rank": [len(ids) for ids in seen_per_rank], "unique": len(set(seen)),
+                  "skipped": skipped, "val_images": len(self.val_set)}
+        self.metrics.write(json.dumps(record) + "\n")
+        if len(seen) != len(set(seen)) or len(seen) + skipped != len(self.val_set):
+            raise RuntimeError(f"evaluation of epoch {epoch} did not cover the validation set exactly once: {record}")
 
     def draw_examples(self, epoch: int, examples) -> None:
         from torchvision.utils import draw_bounding_boxes
@@ -473,8 +505,11 @@ def main(argv: list[str] | None = None) -> RunState:
     cfg = config_from_args(argv)
     setup_process_env()
     trainer = Trainer(cfg)
-    state = trainer.run()
-    if trainer.rank == 0:
+    state = trainer.evaluate_only() if cfg.eval_only else trainer.run()
+    if trainer.rank == 0 and cfg.eval_only:
+        stats = state.evals.get(state.epoch)
+        print(f"checkpoint at epoch {state.epoch}: COCO AP {stats['AP']:.4f}" if stats else "evaluation failed")
+    elif trainer.rank == 0:
         print(f"run {'reached' if state.success else 'did not reach'} the target AP {cfg.target_map}: "
               f"best AP {state.best_map:.4f} after {state.epoch} epochs, {state.iteration} iterations")
         print(f"MLPerf log:  {trainer.run_dir / 'mlperf.log'}")
