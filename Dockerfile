@@ -1,7 +1,19 @@
-# Training image: CUDA PyTorch base, pinned requirements, the repo installed.
-FROM nvcr.io/nvidia/pytorch:25.10-py3
+# Training image: CUDA base, pinned requirements (torch 2.14.1 brings its own CUDA 13 libraries), the repo installed.
+#   docker build -t ssd_ds .
+#   source scripts/config_DGXA100.sh && CONT=ssd_ds DATADIR=/data/coco LOGDIR=/results scripts/run_with_docker.sh
+FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+RUN apt-get update && apt-get install -y --no-install-recommends \
+        python3 python3-venv python3-dev build-essential git curl unzip ca-certificates openssh-client pdsh \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
 WORKDIR /workspace/ssd_ds
 COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+RUN pip install -r requirements.txt
 COPY . .
-RUN pip install --no-cache-dir --no-deps -e .
+RUN pip install --no-deps --no-build-isolation -e .
+ENV DATADIR=/data LOGDIR=/results
+CMD ["scripts/run_and_time.sh"]

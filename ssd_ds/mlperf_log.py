@@ -83,3 +83,37 @@ class MLPerfLogger:
         self.event(K.OPT_WEIGHT_DECAY, weight_decay)
         self.event(K.OPT_LR_WARMUP_STEPS, warmup_iters)
         self.event(K.OPT_LR_WARMUP_FACTOR, warmup_factor)
+
+
+def time_to_train(path: Path) -> tuple[float, str]:
+    """(seconds from run_start to run_stop, run_stop status) of an MLPerf log; a clear error when either is missing."""
+    import json
+
+    events = {}
+    for line in Path(path).read_text(encoding="latin-1").splitlines():
+        if ":::MLLOG" not in line:
+            continue
+        record = json.loads(line.split(":::MLLOG", 1)[1])
+        if record["key"] in (K.RUN_START, K.RUN_STOP):
+            events[record["key"]] = record
+    for key in (K.RUN_START, K.RUN_STOP):
+        if key not in events:
+            raise ValueError(f"{path}: no {key} record (the run did not start or did not finish)")
+    seconds = (events[K.RUN_STOP]["time_ms"] - events[K.RUN_START]["time_ms"]) / 1000
+    return seconds, events[K.RUN_STOP]["metadata"].get("status", "unknown")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m ssd_ds.mlperf_log LOG`: print the time to train, as run_and_time.sh reports it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("log", type=Path)
+    args = parser.parse_args(argv)
+    seconds, status = time_to_train(args.log)
+    print(f"RESULT,SSD,{seconds:.1f},{status}")
+    print(f"time to train: {seconds / 60:.2f} min ({status})")
+
+
+if __name__ == "__main__":
+    main()

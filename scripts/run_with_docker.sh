@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Single-node launch in Docker (the seed's alternative to Slurm):
+#
+#   docker build -t ssd_ds .
+#   source scripts/config_DGXA100.sh
+#   CONT=ssd_ds DATADIR=/data/coco LOGDIR=/results scripts/run_with_docker.sh
+set -euo pipefail
+
+: "${CONT:?set CONT to the image}" "${DATADIR:?set DATADIR to the COCO directory}" "${LOGDIR:?set LOGDIR}"
+: "${DGXNGPU:?source a scripts/config_<SYSTEM>.sh first}" "${DS_CONFIG:?}"
+mkdir -p "$LOGDIR"
+docker run --rm --gpus all --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 \
+  -v "$DATADIR:/data:ro" -v "$LOGDIR:/results" \
+  -e DGXSYSTEM -e DGXNGPU -e DS_CONFIG -e EXTRA_PARAMS -e SEED -e DATADIR=/data -e LOGDIR=/results -e LAUNCH=deepspeed \
+  "$CONT" scripts/run_and_time.sh "$@"

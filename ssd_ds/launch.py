@@ -1,0 +1,116 @@
+"""Launch checks that turn multi-node hangs into clear errors.
+
+`python -m ssd_ds.launch check --hostfile H --deepspeed_config X.json [--no_ssh]` before `deepspeed --hostfile H`:
+the hostfile parses (`host slots=N` lines, `#` comments), its slot total fits the config's batch arithmetic, and
+(unless --no_ssh) every host answers on its ssh port within a few seconds. In the trainer, `wait_for_rendezvous`
+gives ranks other than 0 a bounded wait for the master's rendezvous port with an error that names it, and
+`check_local_rank` catches a hostfile that promises more slots than a node has GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ssd_ds.train_config import check_batch
+
+_LINE = re.compile(r"^(?P<host>\S+)\s+slots=(?P<slots>\d+)$")
+
+
+def parse_hostfile(path: str | Path) -> dict[str, int]:
+    """`{host: slots}` in file order; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: hostfile not found")
+    hosts: dict[str, int] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = _LINE.match(line)
+        if match is None:
+            raise ValueError(f"{path}:{number}: expected 'HOST slots=N', got {raw.strip()!r}")
+        host, slots = match["host"], int(match["slots"])
+        if host in hosts:
+            raise ValueError(f"{path}:{number}: host {host!r} listed twice")
+        if slots < 1:
+            raise ValueError(f"{path}:{number}: {host} has slots={slots}; need at least 1")
+        hosts[host] = slots
+    if not hosts:
+        raise ValueError(f"{path}: no hosts")
+    return hosts
+
+
+def reachable(host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection to host:port opens within `timeout` seconds, else why not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def check_hostfile(hostfile: str, ds_config: str, ssh: bool = True, ssh_port: int = 22,
+                   timeout: float = 5.0) -> dict[str, int]:
+    """Raise with every problem found; return the hosts when the launch can go ahead."""
+    hosts = parse_hostfile(hostfile)
+    world = sum(hosts.values())
+    with open(ds_config) as f:
+        check_batch(json.load(f), ds_config, world)  # slots must match the config's batch arithmetic
+    if ssh:
+        down = {h: why for h in hosts if (why := reachable(h, ssh_port, timeout)) is not None}
+        if down:
+            lines = "\n".join(f"  {h}: {why}" for h, why in down.items())
+            raise RuntimeError(f"{hostfile}: {len(down)} of {len(hosts)} hosts do not answer on port {ssh_port} "
+                               f"within {timeout:g} s:\n{lines}")
+    return hosts
+
+
+def wait_for_rendezvous(addr: str, port: int, timeout: float, rank: int) -> None:
+    """Ranks other than 0: wait (bounded) until the master's rendezvous port accepts connections."""
+    deadline = time.monotonic() + timeout
+    why = None
+    while time.monotonic() < deadline:
+        why = reachable(addr, port, timeout=min(2.0, timeout))
+        if why is None:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"rank {rank}: the rendezvous at {addr}:{port} did not answer within {timeout:g} s ({why}); "
+                       f"check --master_addr / MASTER_ADDR and that node 0 was launched")
+
+
+def check_local_rank(local_rank: int) -> None:
+    """A node asked to run more ranks than it has GPUs fails here, not inside NCCL."""
+    if torch.cuda.is_available() and local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"local rank {local_rank} but this node has {torch.cuda.device_count()} GPUs: the "
+                           f"hostfile's slots for this host (or --num_gpus) exceed its GPUs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="check a hostfile against a DeepSpeed config before launching")
+    check.add_argument("--hostfile", required=True)
+    check.add_argument("--deepspeed_config", required=True)
+    check.add_argument("--no_ssh", action="store_true", help="skip the ssh reachability check")
+    check.add_argument("--ssh_port", type=int, default=22)
+    check.add_argument("--timeout", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    try:
+        hosts = check_hostfile(args.hostfile, args.deepspeed_config, not args.no_ssh, args.ssh_port, args.timeout)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"launch check failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.hostfile}: {len(hosts)} hosts, {sum(hosts.values())} ranks; fits {args.deepspeed_config}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Launch and scale-out: hostfile checks, a dying rank, and a real two-node run in two network namespaces."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ssd_ds.launch import check_hostfile, parse_hostfile, wait_for_rendezvous
+
+REPO = Path(__file__).resolve().parent.parent
+CPU_TEST_CONFIG = str(REPO / "ds_configs" / "cpu_test_fp32.json")
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the socket goes: nothing listens there
+
+
+def test_every_hostfile_in_the_repo_parses():
+    for path in (REPO / "hostfiles").iterdir():
+        if path.name != "README.md":
+            assert sum(parse_hostfile(path).values()) >= 1
+
+
+def test_malformed_hostfile_names_file_and_line(tmp_path):
+    bad = tmp_path / "hosts"
+    bad.write_text("node1 slots=8\nnode2 slots = eight\n")
+    with pytest.raises(ValueError, match=r"hosts:2: expected 'HOST slots=N'"):
+        parse_hostfile(bad)
+
+
+def test_slot_count_that_does_not_fit_the_config(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost slots=3\n")
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"train_batch_size": 16, "train_micro_batch_size_per_gpu": 8}))
+    with pytest.raises(ValueError, match=r"ds.json: train_batch_size 16 != .* world size 3"):
+        check_hostfile(str(hosts), str(config), ssh=False)
+
+
+def test_unreachable_host_fails_fast(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    with socket.socket() as server:  # one port that answers, to show the check passes when hosts are up
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_hostfile(str(hosts), CPU_TEST_CONFIG, ssh=True, ssh_port=server.getsockname()[1], timeout=2)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"2 of 2 hosts do not answer"):
+        check_hostfile(str(hosts), CPU_TEST_CONFIG, ssh=True, ssh_port=closed_port(), timeout=2)
+    assert time.monotonic() - start < 10
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"rank 1: the rendezvous at 127.0.0.1:\d+ did not answer within 3 s"):
+        wait_for_rendezvous("127.0.0.1", closed_port(), timeout=3, rank=1)
+    assert time.monotonic() - start < 10
+
+
+def launch_args(data, run_dir, *extra):
+    return ["--preset", "demo", "--data", str(data), "--synthetic", "false", "--run_dir", str(run_dir),
+            "--deepspeed_config", CPU_TEST_CONFIG, "--workers", "1", "--threads", "1", "--progress", "false",
+            "--warmup_iters", "4", "--lr_arg", "1e-2", *extra]
+
+
+def launch_env(**extra):
+    return dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="",
+                PATH=f"{VENV_BIN}:{os.environ['PATH']}", **extra)
+
+
+def test_a_dying_rank_ends_the_whole_run(synthetic_dataset, tmp_path):
+    run_dir = tmp_path / "dies"
+    args = launch_args(synthetic_dataset, run_dir, "--epochs", "50", "--log_every", "1", "--eval_epochs", "99",
+                       "--dist_timeout", "30")
+    launcher = subprocess.Popen(["deepspeed", "--num_gpus", "2", "--master_port", "29571", "ssd_ds/train.py", *args],
+                                cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    victim = None
+    while victim is None and time.time() < deadline and launcher.poll() is None:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count("iteration") >= 3:
+            for p in psutil.Process(launcher.pid).children(recursive=True):
+                if "--local_rank=1" in " ".join(p.cmdline()):
+                    victim = p
+        time.sleep(0.1)
+    assert victim is not None, "rank 1 never trained"
+    victim.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    launcher.wait(timeout=120)
+    assert launcher.returncode != 0
+    assert time.monotonic() - killed_at < 60  # rank 0 did not hang in its next all-reduce
+
+
+NS = ("ssdtest_n0", "ssdtest_n1")
+VETH = ("ssdtest_v0", "ssdtest_v1")
+ADDR = ("10.213.7.1", "10.213.7.2")  # private to the two namespaces this test creates
+
+
+def _ip(*args):
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def two_namespaces():
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        pytest.skip("needs root and iproute2 to create network namespaces")
+    for ns in NS:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    try:
+        for ns in NS:
+            _ip("netns", "add", ns)
+        _ip("link", "add", VETH[0], "type", "veth", "peer", "name", VETH[1])
+        for ns, dev, addr in zip(NS, VETH, ADDR):
+            _ip("link", "set", dev, "netns", ns)
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as exc:
+        for ns in NS:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        pytest.skip(f"this machine does not permit network namespaces: {exc.stderr.decode().strip()}")
+    yield
+    for ns in NS:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_two_nodes_in_network_namespaces(two_namespaces, synthetic_dataset, tmp_path):
+    run_dir = tmp_path / "two_nodes"
+    args = launch_args(synthetic_dataset, run_dir, "--epochs", "1", "--log_every", "2", "--eval_epochs", "1",
+                       "--dist_timeout", "120")
+    nodes = []
+    for rank, (ns, dev) in enumerate(zip(NS, VETH)):
+        cmd = ["ip", "netns", "exec", ns, "deepspeed", "--hostfile", "hostfiles/cpu_two_nodes", "--no_ssh",
+               "--node_rank", str(rank), "--master_addr", ADDR[0], "--master_port", "29581", "ssd_ds/train.py", *args]
+        nodes.append(subprocess.Popen(cmd, cwd=REPO, env=launch_env(GLOO_SOCKET_IFNAME=dev), text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outputs = [n.communicate(timeout=600)[0] for n in nodes]
+    for node, out in zip(nodes, outputs):
+        assert node.returncode == 0, out[-5000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    checksums = [r["param_checksums"] for r in records if "param_checksums" in r]
+    assert checksums and len(checksums[0]) == 2 and checksums[0][0] == checksums[0][1]
+    evals = [r for r in records if "eval_epoch" in r]
+    assert evals and evals[0]["stats"] is not None
+    log = (run_dir / "mlperf.log").read_text()
+    assert '"key": "global_batch_size", "value": 16' in log
