@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from itertools import islice
 from pathlib import Path
@@ -26,8 +26,28 @@ import torch
 if __package__ in (None, ""):  # launched as a script (deepspeed ssd_ds/train.py): make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch.distributed as dist  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from torchvision.utils import draw_bounding_boxes  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from mlperf_logging.mllog import constants as K  # noqa: E402
+
+from ssd_ds import checkpoint  # noqa: E402
+from ssd_ds.anchors import default_boxes_ltrb  # noqa: E402
+from ssd_ds.box_coder import BoxCoder  # noqa: E402
+from ssd_ds.config import build_model_config  # noqa: E402
+from ssd_ds.data.coco import CocoDetection  # noqa: E402
+from ssd_ds.data.synthetic import ensure_synthetic  # noqa: E402
+from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader  # noqa: E402
+from ssd_ds.data.transforms import MEAN, STD, EvalTransform, TrainTransform  # noqa: E402
+from ssd_ds.evaluate import BackgroundEvaluator, gather_to_rank0, predict  # noqa: E402
+from ssd_ds.launch import check_local_rank, wait_for_rendezvous  # noqa: E402
 from ssd_ds.loss import localisation_loss  # noqa: E402
+from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, MLPerfLogger  # noqa: E402
+from ssd_ds.model import build_model  # noqa: E402
+from ssd_ds.schedule import base_lr, lr_factor  # noqa: E402
 from ssd_ds.train_config import TrainConfig, check_batch, config_from_args, should_evaluate  # noqa: E402
+from triton_kernels.select import decode_scores_fn, resolve_backend, ssd_loss_fn  # noqa: E402
 
 log = logging.getLogger("ssd_ds.train")
 
@@ -123,25 +143,9 @@ class Trainer:
     """Owns the engine, loaders, loggers and evaluator of one run."""
 
     def __init__(self, cfg: TrainConfig):
-        import deepspeed
-        import torch.distributed as dist
+        import deepspeed  # after setup_process_env: DS_ACCELERATOR is read at import
 
-        from ssd_ds import checkpoint
-        from ssd_ds.anchors import default_boxes_ltrb
-        from ssd_ds.box_coder import BoxCoder
-        from ssd_ds.config import build_model_config
-        from ssd_ds.data.coco import CocoDetection
-        from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader
-        from ssd_ds.data.transforms import EvalTransform, TrainTransform
-        from ssd_ds.evaluate import BackgroundEvaluator
-        from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, MLPerfLogger
-        from ssd_ds.launch import check_local_rank, wait_for_rendezvous
-        from ssd_ds.model import build_model
-        from ssd_ds.schedule import base_lr, lr_factor
-        from mlperf_logging.mllog import constants as K
-        from triton_kernels.select import decode_scores_fn, resolve_backend, ssd_loss_fn
-
-        self.cfg, self.K, self.dist, self.checkpoint = cfg, K, dist, checkpoint
+        self.cfg = cfg
         # Distributed: bounded waits everywhere, so a missing or dead rank ends the run instead of hanging it.
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         check_local_rank(local_rank)
@@ -174,8 +178,6 @@ class Trainer:
 
         # Data.
         if cfg.synthetic and self.rank == 0:
-            from ssd_ds.data.synthetic import ensure_synthetic
-
             ensure_synthetic(cfg.data)
         dist.barrier()
         self.train_set = CocoDetection(cfg.data, "train")
@@ -240,8 +242,6 @@ class Trainer:
         self.submitted_at: dict[int, int] = {}  # epoch -> iteration at which its evaluation was submitted
         self.writer = None
         if self.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.metrics = open(self.run_dir / "metrics.jsonl", "a") if self.rank == 0 else None
 
@@ -254,15 +254,13 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------------------
     def run(self) -> RunState:
-        cfg, K, state = self.cfg, self.K, self.state
+        cfg, state = self.cfg, self.state
         self.mll.start(K.RUN_START)
         total = cfg.epochs * self.iters_per_epoch
         if cfg.max_iters:
             total = min(total, cfg.max_iters)
         progress = None
         if self.rank == 0 and cfg.progress:
-            from tqdm import tqdm
-
             progress = tqdm(total=total, initial=state.iteration, unit="it", dynamic_ncols=True, file=sys.stdout)
         self.pending_losses: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         status = "aborted"
@@ -294,7 +292,7 @@ class Trainer:
         return self.state
 
     def run_epoch(self, total: int, progress) -> None:
-        cfg, K, state = self.cfg, self.K, self.state
+        cfg, state = self.cfg, self.state
         epoch = state.epoch + 1  # 1-based epoch being trained
         if state.iter_in_epoch == 0:
             self.mll.start(K.EPOCH_START, metadata={"epoch_num": epoch})
@@ -391,19 +389,15 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         self.check_finite()
-        from dataclasses import asdict
-
-        client = {"run_state": asdict(self.state), "rng": self.checkpoint.rng_state(),
+        client = {"run_state": asdict(self.state), "rng": checkpoint.rng_state(),
                   "sampler": self.sampler.state_dict(), "config": asdict(self.cfg)}
         tag = f"epoch{self.state.epoch:03d}_iter{self.state.iteration:07d}"
-        self.checkpoint.save(self.engine, self.ckpt_dir, tag, client, self.cfg.keep_checkpoints)
+        checkpoint.save(self.engine, self.ckpt_dir, tag, client, self.cfg.keep_checkpoints)
 
     # --- evaluation ---------------------------------------------------------------------------------------------
     def evaluate(self, epoch: int) -> None:
         """Sharded inference now; COCOeval in the background on rank 0."""
-        from ssd_ds.evaluate import gather_to_rank0, predict
-
-        self.mll.start(self.K.EVAL_START, metadata={"epoch_num": epoch})
+        self.mll.start(K.EVAL_START, metadata={"epoch_num": epoch})
         model = self.engine.module.model
         draw = self.cfg.eval_images_to_draw if self.rank == 0 else 0
         rows, seen, skipped, examples = predict(model, self.eval_loader, self.coder, self.val_set.label_to_category,
@@ -428,10 +422,6 @@ class Trainer:
             raise RuntimeError(f"evaluation of epoch {epoch} did not cover the validation set exactly once: {record}")
 
     def draw_examples(self, epoch: int, examples) -> None:
-        from torchvision.utils import draw_bounding_boxes
-
-        from ssd_ds.data.transforms import MEAN, STD
-
         for i, (image, boxes, scores, labels) in enumerate(examples):
             pixels = (image * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]).clamp(0, 1)
             pixels = (pixels * 255).to(torch.uint8)
@@ -449,12 +439,11 @@ class Trainer:
             for epoch, stats in (self.evaluator.poll() if results is None else results):
                 self.record_evaluation(epoch, stats)
             stop.fill_(float(self.state.success))
-        self.dist.broadcast(stop, src=0)
+        dist.broadcast(stop, src=0)
         self.state.success = bool(stop.item())
         return self.state.success
 
     def record_evaluation(self, epoch: int, stats: dict | None) -> None:
-        K = self.K
         event = {"eval_epoch": epoch, "submitted_at": self.submitted_at.pop(epoch, None),
                  "picked_up_at": self.state.iteration, "stats": stats}
         self.metrics.write(json.dumps(event) + "\n")
@@ -482,7 +471,7 @@ class Trainer:
         with torch.no_grad():
             local = torch.stack([p.double().sum() for p in self.engine.module.parameters()]).sum().reshape(1)
         sums = [torch.zeros_like(local) for _ in range(self.world)]
-        self.dist.all_gather(sums, local.to(self.device))
+        dist.all_gather(sums, local.to(self.device))
         checksums = [float(s.item()) for s in sums]
         if self.rank == 0:
             self.metrics.write(json.dumps({"param_checksums": checksums}) + "\n")

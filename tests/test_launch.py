@@ -21,9 +21,10 @@ VENV_BIN = str(Path(sys.executable).parent)
 
 
 def closed_port() -> int:
+    """A free port: nothing listens there once the probing socket is closed (also used as a fresh master port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the socket goes: nothing listens there
+        return s.getsockname()[1]
 
 
 def test_every_hostfile_in_the_repo_parses():
@@ -80,8 +81,9 @@ def test_a_dying_rank_ends_the_whole_run(synthetic_dataset, tmp_path):
     run_dir = tmp_path / "dies"
     args = launch_args(synthetic_dataset, run_dir, "--epochs", "50", "--log_every", "1", "--eval_epochs", "99",
                        "--dist_timeout", "30")
-    launcher = subprocess.Popen(["deepspeed", "--num_gpus", "2", "--master_port", "29571", "ssd_ds/train.py", *args],
-                                cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(tmp_path / "launcher.log", "w")
+    launcher = subprocess.Popen(["deepspeed", "--num_gpus", "2", "--master_port", str(closed_port()), "ssd_ds/train.py",
+                                 *args], cwd=REPO, env=launch_env(), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     victim = None
     while victim is None and time.time() < deadline and launcher.poll() is None:
@@ -91,7 +93,7 @@ def test_a_dying_rank_ends_the_whole_run(synthetic_dataset, tmp_path):
                 if "--local_rank=1" in " ".join(p.cmdline()):
                     victim = p
         time.sleep(0.1)
-    assert victim is not None, "rank 1 never trained"
+    assert victim is not None, "rank 1 never trained:\n" + (tmp_path / "launcher.log").read_text()[-5000:]
     victim.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     launcher.wait(timeout=120)
@@ -140,6 +142,7 @@ def test_two_nodes_in_network_namespaces(two_namespaces, synthetic_dataset, tmp_
     for rank, (ns, dev) in enumerate(zip(NS, VETH)):
         cmd = ["ip", "netns", "exec", ns, "deepspeed", "--hostfile", "hostfiles/cpu_two_nodes", "--no_ssh",
                "--node_rank", str(rank), "--master_addr", ADDR[0], "--master_port", "29581", "ssd_ds/train.py", *args]
+        # (port 29581 on 10.213.7.1 lives inside the test's own namespace: no clash with the host's ports)
         nodes.append(subprocess.Popen(cmd, cwd=REPO, env=launch_env(GLOO_SOCKET_IFNAME=dev), text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     outputs = [n.communicate(timeout=600)[0] for n in nodes]
