@@ -47,7 +47,7 @@ from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, MLPerfLogger  # noqa: E402
 from ssd_ds.model import build_model  # noqa: E402
 from ssd_ds.schedule import base_lr, lr_factor  # noqa: E402
 from ssd_ds.train_config import TrainConfig, check_batch, config_from_args, should_evaluate  # noqa: E402
-from triton_kernels.select import decode_scores_fn, resolve_backend, ssd_loss_fn  # noqa: E402
+from triton_kernels.select import decode_scores_fn, encode_fn, resolve_backend, ssd_loss_fn  # noqa: E402
 
 log = logging.getLogger("ssd_ds.train")
 
@@ -129,11 +129,17 @@ def load_ds_config(path: str) -> dict:
         raise ValueError(f"{path}: malformed JSON ({exc})") from None
 
 
-def train_step(engine, batch, device, memory_format):
-    """One micro-batch: forward, backward (DeepSpeed scales for accumulation), step at the boundary."""
-    images, loc_t, labels_t, _ = batch
+def train_step(engine, batch, device, memory_format, encode=None):
+    """One micro-batch: forward, backward (DeepSpeed scales for accumulation), step at the boundary.
+
+    With `encode(gt_ltrb, gt_labels, num_gt)` the batch holds raw padded boxes, matched and encoded here on the device.
+    """
+    images, target_a, target_b, _ = batch
     images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-    loss, loc, conf = engine(images, loc_t.to(device, non_blocking=True), labels_t.to(device, non_blocking=True))
+    target_a, target_b = target_a.to(device, non_blocking=True), target_b.to(device, non_blocking=True)
+    if encode is not None:
+        target_a, target_b = encode(target_a, target_b, (target_b > 0).sum(dim=1))
+    loss, loc, conf = engine(images, target_a, target_b)
     engine.backward(loss)
     engine.step()
     return loss.detach(), loc.detach(), conf.detach()
@@ -188,7 +194,14 @@ class Trainer:
                                        backbone_weights=cfg.backbone_weights)
         self.coder = BoxCoder(default_boxes_ltrb(model_cfg.anchors))
         model = build_model(model_cfg)
-        self.train_set.transform = TrainTransform(model_cfg.input_size, self.coder, CROP_MAX_SAMPLES)
+        self.kernels = resolve_backend(cfg.kernels, self.device)
+        self.encode = None  # box encoding in the DataLoader workers ...
+        if cfg.encode_on_device == "on" or (cfg.encode_on_device == "auto" and self.device.type == "cuda"):
+            dboxes = self.coder.dboxes_ltrb.to(self.device)
+            encode = encode_fn(self.kernels)
+            self.encode = lambda gt, labels, num_gt: encode(gt, labels, num_gt, dboxes)  # ... or on the device
+        self.train_set.transform = TrainTransform(model_cfg.input_size, None if self.encode else self.coder,
+                                                  CROP_MAX_SAMPLES, cfg.max_boxes)
         self.val_set.transform = EvalTransform(model_cfg.input_size)
 
         # Engine settings from the DeepSpeed JSON, checked against the world size.
@@ -215,9 +228,9 @@ class Trainer:
             it, self.iters_per_epoch, cfg.warmup_iters, cfg.warmup_factor, cfg.decay_epochs, cfg.decay_factor))
 
         # Speed-ups, in order: kernel choice -> torch.compile -> deepspeed.initialize -> memory format.
-        self.kernels = resolve_backend(cfg.kernels, self.device)
         self.decode_scores = decode_scores_fn(self.kernels)
-        log.info("kernels: %s; device %s; world size %d", self.kernels, self.device, self.world)
+        log.info("kernels: %s; box encoding on %s; device %s; world size %d", self.kernels,
+                 "the device" if self.encode else "the loader workers", self.device, self.world)
         self.step_module = SSDTrainStep(model, ssd_loss_fn(self.kernels))
         if cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda"):
             self.step_module.compile()
@@ -310,7 +323,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 batch = next(batches)
                 data_wait += time.perf_counter() - t0
-                loss, loc, conf = train_step(self.engine, batch, self.device, self.memory_format)
+                loss, loc, conf = train_step(self.engine, batch, self.device, self.memory_format, self.encode)
             state.iteration += 1
             state.iter_in_epoch += 1
             self.pending_losses.append((state.iteration, loss, loc, conf))

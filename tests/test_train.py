@@ -92,6 +92,18 @@ def test_bf16_tracks_fp32_with_gradient_accumulation(synthetic_dataset, tmp_path
     assert got["bf16"] != got["fp32"]  # and bf16 really ran
 
 
+def test_encoding_on_the_device_trains_like_encoding_in_workers(synthetic_dataset, tmp_path):
+    got = {}
+    for where in ("off", "on"):
+        run_dir = tmp_path / where
+        run_train(train_args(synthetic_dataset, run_dir, "--epochs", "1", "--log_every", "1", "--eval_epochs", "9",
+                             "--max_iters", "4", "--encode_on_device", where))
+        got[where] = losses(run_dir)
+    assert sorted(got["on"]) == sorted(got["off"]) == [1, 2, 3, 4]
+    for it, loss in got["off"].items():
+        assert abs(got["on"][it] - loss) <= 1e-4 * loss, (it, got["on"][it], loss)
+
+
 def test_fp16_blocks_and_batch_mismatch_are_clear_errors(synthetic_dataset, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"train_batch_size": 64, "train_micro_batch_size_per_gpu": 8}))

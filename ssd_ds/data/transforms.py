@@ -98,12 +98,18 @@ def ssd_random_crop(
 
 
 class TrainTransform:
-    """(PIL image, ImageRecord, skipped) -> (image [3,S,S] float32, loc_t [A,4], labels_t [A] int64, skipped)."""
+    """(PIL image, ImageRecord, skipped) -> (image [3,S,S] float32, target_a, target_b, skipped).
 
-    def __init__(self, input_size: int, coder: BoxCoder, max_crop_samples: int = 1):
+    With a coder the targets are encoded here: (loc_t [A,4], labels_t [A] int64). With `coder=None` the boxes ship
+    raw for encoding on the GPU (NVIDIA's GPU box encoder; triton_kernels/encode.py): (boxes [Gmax,4] relative ltrb
+    padded with zeros, labels [Gmax] padded with 0), the count of real boxes being the labels > 0.
+    """
+
+    def __init__(self, input_size: int, coder: BoxCoder | None, max_crop_samples: int = 1, max_boxes: int = 128):
         self.input_size = input_size
         self.coder = coder
         self.max_crop_samples = max_crop_samples
+        self.max_boxes = max_boxes
         self.after_crop = v2.Compose([
             v2.RandomHorizontalFlip(p=0.5),
             v2.Resize((input_size, input_size), interpolation=v2.InterpolationMode.BILINEAR),
@@ -126,8 +132,17 @@ class TrainTransform:
 
     def __call__(self, image: Image.Image, rec, skipped: int = 0):
         image, boxes_rel, labels = self.augment(image, rec.boxes_ltrb, rec.labels)
-        loc_t, labels_t = self.coder.encode(boxes_rel, labels)
-        return image, loc_t, labels_t, skipped
+        if self.coder is not None:
+            loc_t, labels_t = self.coder.encode(boxes_rel, labels)
+            return image, loc_t, labels_t, skipped
+        if len(labels) > self.max_boxes:
+            raise ValueError(f"{rec.path}: {len(labels)} boxes after augmentation, more than max_boxes "
+                             f"{self.max_boxes}; raise --max_boxes")
+        boxes = torch.zeros(self.max_boxes, 4)
+        padded_labels = torch.zeros(self.max_boxes, dtype=torch.int64)
+        boxes[: len(labels)] = boxes_rel
+        padded_labels[: len(labels)] = labels
+        return image, boxes, padded_labels, skipped
 
 
 class EvalTransform:

@@ -169,3 +169,23 @@ def test_missing_inputs_are_clear_errors(tmp_path, dataset_copy):
     (dataset_copy / "annotations" / "instances_train2017.json").write_text("{not json")
     with pytest.raises(ValueError, match="instances_train2017.json: malformed JSON"):
         CocoDetection(dataset_copy, "train")
+
+
+def test_raw_boxes_for_device_encoding_match_worker_encoding(synthetic_dataset):
+    from ssd_ds.box_coder import encode_batch
+
+    ds = CocoDetection(synthetic_dataset, "train")
+    encoded, cfg = train_transform(ds.num_classes)
+    raw = TrainTransform(cfg.input_size, None, max_boxes=16)
+    for index in range(6):
+        ds.transform = encoded
+        image_a, loc_t, labels_t, _ = ds[(index, 77 + index)]
+        ds.transform = raw
+        image_b, boxes, labels, _ = ds[(index, 77 + index)]
+        assert boxes.shape == (16, 4) and labels.shape == (16,)
+        assert torch.equal(image_a, image_b)  # the same augmentation draw
+        n = int((labels > 0).sum())
+        assert n > 0 and not labels[n:].any() and not boxes[n:].any()  # real boxes first, zero padding after
+        loc_b, labels_b = encode_batch(boxes[None], labels[None], torch.tensor([n]), encoded.coder.dboxes_ltrb)
+        assert torch.equal(labels_b[0], labels_t)
+        assert torch.allclose(loc_b[0], loc_t, atol=1e-5)
