@@ -91,7 +91,7 @@ def step_throughput(model_cfg, device, batch: int, steps: int, channels_last: bo
                     kernels: str) -> float:
     """Images/s of full training steps (after warm-up), median of `steps` timed steps."""
     from ssd_ds.model import build_model
-    from ssd_ds.train import SSDTrainStep
+    from ssd_ds.step import SSDTrainStep
     from triton_kernels.select import ssd_loss_fn
 
     torch.manual_seed(0)

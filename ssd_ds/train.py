@@ -42,10 +42,10 @@ from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loa
 from ssd_ds.data.transforms import MEAN, STD, EvalTransform, TrainTransform  # noqa: E402
 from ssd_ds.evaluate import BackgroundEvaluator, gather_to_rank0, predict  # noqa: E402
 from ssd_ds.launch import check_local_rank, wait_for_rendezvous  # noqa: E402
-from ssd_ds.loss import localisation_loss  # noqa: E402
 from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, MLPerfLogger  # noqa: E402
 from ssd_ds.model import build_model  # noqa: E402
 from ssd_ds.schedule import base_lr, lr_factor  # noqa: E402
+from ssd_ds.step import SSDTrainStep  # noqa: E402
 from ssd_ds.train_config import TrainConfig, check_batch, config_from_args, should_evaluate  # noqa: E402
 from triton_kernels.select import decode_scores_fn, encode_fn, resolve_backend, ssd_loss_fn  # noqa: E402
 
@@ -74,26 +74,6 @@ class RunState:
     best_map: float = 0.0
     success: bool = False
     evals: dict = field(default_factory=dict)  # epoch -> stats
-
-
-class SSDTrainStep(torch.nn.Module):
-    """Model + loss as one module, so torch.compile sees the whole forward and DeepSpeed drives it.
-
-    `loss_fn` is the torch reference or the Triton kernel (triton_kernels.select). Returns (loss, loc part, conf
-    part); the parts are for logging only, the loc part recomputed outside autograd (elementwise, cheap).
-    """
-
-    def __init__(self, model: torch.nn.Module, loss_fn):
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, images, loc_t, labels_t):
-        locs, logits = self.model(images)
-        loss = self.loss_fn(locs, logits, loc_t, labels_t)
-        with torch.no_grad():
-            loc = localisation_loss(locs, loc_t, labels_t)
-        return loss, loc, loss.detach() - loc
 
 
 def precision_of(ds_config: dict, path: str) -> torch.dtype | None:

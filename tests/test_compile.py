@@ -3,7 +3,7 @@ import torch
 from ssd_ds.config import cpu_small
 from ssd_ds.loss import ssd_loss
 from ssd_ds.model import build_model
-from ssd_ds.train import SSDTrainStep
+from ssd_ds.step import SSDTrainStep
 
 
 def test_training_step_has_no_graph_breaks():
