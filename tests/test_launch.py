@@ -155,3 +155,31 @@ def test_two_nodes_in_network_namespaces(two_namespaces, synthetic_dataset, tmp_
     assert evals and evals[0]["stats"] is not None
     log = (run_dir / "mlperf.log").read_text()
     assert '"key": "global_batch_size", "value": 16' in log
+
+
+def test_launch_scripts_parse():
+    for script in [*(REPO / "scripts").glob("*.sh"), REPO / "scripts" / "run.sub"]:
+        subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_run_and_time_prints_time_to_train(synthetic_dataset, tmp_path):
+    env = launch_env(DATADIR=str(synthetic_dataset), LOGDIR=str(tmp_path), DS_CONFIG=CPU_TEST_CONFIG, LAUNCH="direct",
+                     DGXSYSTEM="CPU", RUN_ID="t1", SEED="3", PYTHON=sys.executable,
+                     EXTRA_PARAMS="--model cpu_small --backbone_weights none --synthetic false --epochs 1 "
+                                  "--eval_epochs 1 --workers 1 --progress false")
+    run = subprocess.run(["scripts/run_and_time.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    result = [line for line in run.stdout.splitlines() if line.startswith("RESULT,SSD,")]
+    assert len(result) == 1 and result[0].endswith(",aborted")  # one epoch never reaches AP 0.23
+    assert float(result[0].split(",")[2]) > 0
+    assert (tmp_path / "ssd_CPU_t1" / "mlperf.log").is_file()
+
+
+def test_time_to_train_names_an_unfinished_log(tmp_path):
+    from ssd_ds.mlperf_log import time_to_train
+
+    log = tmp_path / "mlperf.log"
+    log.write_text(':::MLLOG {"namespace": "", "time_ms": 1, "event_type": "INTERVAL_START", "key": "run_start", '
+                   '"value": null, "metadata": {}}\n')
+    with pytest.raises(ValueError, match="mlperf.log: no run_stop record"):
+        time_to_train(log)
