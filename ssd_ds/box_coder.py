@@ -68,13 +68,6 @@ class BoxCoder:
         self.dboxes_ltrb = dboxes_ltrb.float()
         self.dboxes_cxcywh = box_convert(self.dboxes_ltrb, "xyxy", "cxcywh")
 
-    def to(self, device: torch.device | str) -> "BoxCoder":
-        return BoxCoder(self.dboxes_ltrb.to(device))
-
-    @property
-    def num_anchors(self) -> int:
-        return self.dboxes_ltrb.shape[0]
-
     def encode_batch(
         self, gt_ltrb: torch.Tensor, gt_labels: torch.Tensor, num_gt: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,12 +33,10 @@ def ssd_loss_parts(
 
     locs [B,A,4], logits [B,A,C] (any float dtype), loc_t [B,A,4], labels_t [B,A] long.
     """
-    locs, logits, loc_t = locs.float(), logits.float(), loc_t.float()
     positive = labels_t > 0
     num_pos = positive.sum(dim=1).float()
-    sl1 = F.smooth_l1_loss(locs, loc_t, reduction="none", beta=1.0).sum(dim=2)  # [B,A]
-    loc = (sl1 * positive).sum(dim=1)
-    ce = F.cross_entropy(logits.transpose(1, 2), labels_t, reduction="none")  # [B,A]
+    loc = _positive_smooth_l1(locs, loc_t, positive)
+    ce = F.cross_entropy(logits.float().transpose(1, 2), labels_t, reduction="none")  # [B,A]
     selected = hard_negative_mask(ce.detach(), positive)
     # Positives count once as positives and again if selected (SPEC section 4's edge case).
     conf = (ce * (positive.float() + selected.float())).sum(dim=1)
@@ -51,11 +49,16 @@ def ssd_loss(locs: torch.Tensor, logits: torch.Tensor, loc_t: torch.Tensor, labe
     return normalise(loc + conf, num_pos)
 
 
+def _positive_smooth_l1(locs: torch.Tensor, loc_t: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """[B]: SmoothL1 (beta 1) summed over the 4 offsets of each image's positives, in fp32."""
+    sl1 = F.smooth_l1_loss(locs.float(), loc_t.float(), reduction="none", beta=1.0).sum(dim=2)  # [B,A]
+    return (sl1 * positive).sum(dim=1)
+
+
 def localisation_loss(locs: torch.Tensor, loc_t: torch.Tensor, labels_t: torch.Tensor) -> torch.Tensor:
     """The localisation part of `ssd_loss` alone, normalised the same way (for logging loc and conf apart)."""
     positive = labels_t > 0
-    sl1 = F.smooth_l1_loss(locs.float(), loc_t.float(), reduction="none", beta=1.0).sum(dim=2)
-    return normalise((sl1 * positive).sum(dim=1), positive.sum(dim=1).float())
+    return normalise(_positive_smooth_l1(locs, loc_t, positive), positive.sum(dim=1).float())
 
 
 def normalise(per_image: torch.Tensor, num_pos: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ Lines go to `<run_dir>/mlperf.log` (one `:::MLLOG {...}` JSON per line, flushed 
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -87,8 +89,6 @@ class MLPerfLogger:
 
 def time_to_train(path: Path) -> tuple[float, str]:
     """(seconds from run_start to run_stop, run_stop status) of an MLPerf log; a clear error when either is missing."""
-    import json
-
     events = {}
     for line in Path(path).read_text(encoding="latin-1").splitlines():
         if ":::MLLOG" not in line:
@@ -105,8 +105,6 @@ def time_to_train(path: Path) -> tuple[float, str]:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m ssd_ds.mlperf_log LOG`: print the time to train, as run_and_time.sh reports it."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("log", type=Path)
     args = parser.parse_args(argv)

@@ -8,24 +8,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
 from ssd_ds.launch import check_hostfile, parse_hostfile, wait_for_rendezvous
-
-REPO = Path(__file__).resolve().parent.parent
-CPU_TEST_CONFIG = str(REPO / "ds_configs" / "cpu_test_fp32.json")
-VENV_BIN = str(Path(sys.executable).parent)
-
-
-def closed_port() -> int:
-    """A free port: nothing listens there once the probing socket is closed (also used as a fresh master port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from tests.helpers import CPU_TEST_CONFIG, REPO, env, free_port, metrics, train_args
 
 def test_every_hostfile_in_the_repo_parses():
     for path in (REPO / "hostfiles").iterdir():
@@ -58,34 +46,23 @@ def test_unreachable_host_fails_fast(tmp_path):
         check_hostfile(str(hosts), CPU_TEST_CONFIG, ssh=True, ssh_port=server.getsockname()[1], timeout=2)
     start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"2 of 2 hosts do not answer"):
-        check_hostfile(str(hosts), CPU_TEST_CONFIG, ssh=True, ssh_port=closed_port(), timeout=2)
+        check_hostfile(str(hosts), CPU_TEST_CONFIG, ssh=True, ssh_port=free_port(), timeout=2)
     assert time.monotonic() - start < 10
     start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"rank 1: the rendezvous at 127.0.0.1:\d+ did not answer within 3 s"):
-        wait_for_rendezvous("127.0.0.1", closed_port(), timeout=3, rank=1)
+        wait_for_rendezvous("127.0.0.1", free_port(), timeout=3, rank=1)
     assert time.monotonic() - start < 10
-
-
-def launch_args(data, run_dir, *extra):
-    return ["--preset", "demo", "--data", str(data), "--synthetic", "false", "--run_dir", str(run_dir),
-            "--deepspeed_config", CPU_TEST_CONFIG, "--workers", "1", "--threads", "1", "--progress", "false",
-            "--warmup_iters", "4", "--lr_arg", "1e-2", *extra]
-
-
-def launch_env(**extra):
-    return dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="",
-                PATH=f"{VENV_BIN}:{os.environ['PATH']}", **extra)
 
 
 def test_a_dying_rank_ends_the_whole_run(synthetic_dataset, tmp_path):
     run_dir = tmp_path / "dies"
     # dist_timeout leaves rank 0 room to start on a loaded machine (rank 1 waits that long for its rendezvous); the
     # bound checked below comes from DeepSpeed's launcher taking the node's other ranks down when one dies.
-    args = launch_args(synthetic_dataset, run_dir, "--epochs", "50", "--log_every", "1", "--eval_epochs", "99",
+    args = train_args(synthetic_dataset, run_dir, "--epochs", "50", "--log_every", "1", "--eval_epochs", "99",
                        "--dist_timeout", "180")
     log = open(tmp_path / "launcher.log", "w")
-    launcher = subprocess.Popen(["deepspeed", "--num_gpus", "2", "--master_port", str(closed_port()), "ssd_ds/train.py",
-                                 *args], cwd=REPO, env=launch_env(), stdout=log, stderr=subprocess.STDOUT)
+    launcher = subprocess.Popen(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "ssd_ds/train.py",
+                                 *args], cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     victim = None
     while victim is None and time.time() < deadline and launcher.poll() is None:
@@ -138,19 +115,19 @@ def two_namespaces():
 
 def test_two_nodes_in_network_namespaces(two_namespaces, synthetic_dataset, tmp_path):
     run_dir = tmp_path / "two_nodes"
-    args = launch_args(synthetic_dataset, run_dir, "--epochs", "1", "--log_every", "2", "--eval_epochs", "1",
+    args = train_args(synthetic_dataset, run_dir, "--epochs", "1", "--log_every", "2", "--eval_epochs", "1",
                        "--dist_timeout", "120")
     nodes = []
     for rank, (ns, dev) in enumerate(zip(NS, VETH)):
         cmd = ["ip", "netns", "exec", ns, "deepspeed", "--hostfile", "hostfiles/cpu_two_nodes", "--no_ssh",
                "--node_rank", str(rank), "--master_addr", ADDR[0], "--master_port", "29581", "ssd_ds/train.py", *args]
         # (port 29581 on 10.213.7.1 lives inside the test's own namespace: no clash with the host's ports)
-        nodes.append(subprocess.Popen(cmd, cwd=REPO, env=launch_env(GLOO_SOCKET_IFNAME=dev), text=True,
+        nodes.append(subprocess.Popen(cmd, cwd=REPO, env=env(GLOO_SOCKET_IFNAME=dev), text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     outputs = [n.communicate(timeout=600)[0] for n in nodes]
     for node, out in zip(nodes, outputs):
         assert node.returncode == 0, out[-5000:]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(run_dir)
     checksums = [r["param_checksums"] for r in records if "param_checksums" in r]
     assert checksums and len(checksums[0]) == 2 and checksums[0][0] == checksums[0][1]
     evals = [r for r in records if "eval_epoch" in r]
@@ -165,11 +142,12 @@ def test_launch_scripts_parse():
 
 
 def test_run_and_time_prints_time_to_train(synthetic_dataset, tmp_path):
-    env = launch_env(DATADIR=str(synthetic_dataset), LOGDIR=str(tmp_path), DS_CONFIG=CPU_TEST_CONFIG, LAUNCH="direct",
-                     DGXSYSTEM="CPU", RUN_ID="t1", SEED="3", PYTHON=sys.executable,
+    script_env = env(DATADIR=str(synthetic_dataset), LOGDIR=str(tmp_path), DS_CONFIG=CPU_TEST_CONFIG,
+                     LAUNCH="direct", DGXSYSTEM="CPU", RUN_ID="t1", SEED="3", PYTHON=sys.executable,
                      EXTRA_PARAMS="--model cpu_small --backbone_weights none --synthetic false --epochs 1 "
                                   "--eval_epochs 1 --workers 1 --progress false")
-    run = subprocess.run(["scripts/run_and_time.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(["scripts/run_and_time.sh"], cwd=REPO, env=script_env, capture_output=True, text=True,
+                         timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     result = [line for line in run.stdout.splitlines() if line.startswith("RESULT,SSD,")]
     assert len(result) == 1 and result[0].endswith(",aborted")  # one epoch never reaches AP 0.23

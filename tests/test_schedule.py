@@ -7,7 +7,7 @@ from ssd_ds.train_config import BatchPlan, check_batch, demo, mlperf, should_eva
 def test_base_lr_rule_matches_spec_systems():
     # SPEC section 7: 2.5e-3 * round((lr_arg / 2.5e-3) * batch / 32).
     assert base_lr(3.2e-3, 912) == pytest.approx(0.09)  # DGX A100
-    assert base_lr(2.92e-3, 960) == pytest.approx(2.5e-3 * round(2.92e-3 / 2.5e-3 * 960 / 32))
+    assert base_lr(2.92e-3, 960) == pytest.approx(0.0875)  # DGX-1: round(35.04) = 35
     assert base_lr(2.9e-3, 1536) == pytest.approx(0.14)  # 4x DGX-2H: round(55.68) = 56
     assert base_lr(3.2e-3, 896) == pytest.approx(0.09)  # round(35.84) = 36
 

@@ -1,28 +1,13 @@
 """End-to-end trainer runs on the generated data set, each in its own process (as users launch it)."""
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 
-REPO = Path(__file__).resolve().parent.parent
-CPU_TEST_CONFIG = str(REPO / "ds_configs" / "cpu_test_fp32.json")
-
-
-def train_args(data, run_dir, *extra):
-    return ["--preset", "demo", "--data", str(data), "--synthetic", "false", "--run_dir", str(run_dir),
-            "--deepspeed_config", CPU_TEST_CONFIG, "--workers", "1", "--threads", "1", "--progress", "false",
-            "--warmup_iters", "4", "--lr_arg", "1e-2", *extra]
-
-
-def env():
-    e = dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="")
-    return e
+from tests.helpers import REPO, env, free_port, metrics, train_args
 
 
 def run_train(args, check=True, timeout=600):
@@ -31,10 +16,6 @@ def run_train(args, check=True, timeout=600):
     if check and proc.returncode != 0:
         raise AssertionError(f"trainer failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def losses(run_dir):
@@ -116,15 +97,9 @@ def test_fp16_blocks_and_batch_mismatch_are_clear_errors(synthetic_dataset, tmp_
     assert proc.returncode != 0 and "bad.json: 'bf16.enabled' casts BatchNorm" in proc.stderr
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def deepspeed_run(args, num_gpus=2):
     proc = subprocess.run(["deepspeed", "--num_gpus", str(num_gpus), "--master_port", str(free_port()), "ssd_ds/train.py",
-                           *args], cwd=REPO, env=dict(env(), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"),
+                           *args], cwd=REPO, env=env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
