@@ -148,11 +148,8 @@ def _check_shapes(gt_ltrb, gt_labels, num_gt, dboxes_ltrb) -> None:
         raise ValueError(f"encode_batch: G = {G} boxes per image exceeds MAX_BOXES = {MAX_BOXES}")
 
 
-@torch.library.custom_op(f"{NAMESPACE}::encode_batch", mutates_args=())
-def encode_batch(
-    gt_ltrb: torch.Tensor, gt_labels: torch.Tensor, num_gt: torch.Tensor, dboxes_ltrb: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded batch -> (loc_t [B,A,4] fp32 offsets, labels_t [B,A] int64; 0 = background) (Triton)."""
+def _launch(gt_ltrb, gt_labels, num_gt, dboxes_ltrb):
+    """The three passes (the body of `encode_batch`, also what `compile_check` compiles)."""
     _check_shapes(gt_ltrb, gt_labels, num_gt, dboxes_ltrb)
     check_device("encode_batch", gt_ltrb, gt_labels, num_gt, dboxes_ltrb)
     B, G, _ = gt_ltrb.shape
@@ -189,6 +186,14 @@ def encode_batch(
         BLOCK_A=block_a, BLOCK_G=block_g, num_warps=4, enable_fp_fusion=False,
     )
     return loc_t, labels_t
+
+
+@torch.library.custom_op(f"{NAMESPACE}::encode_batch", mutates_args=())
+def encode_batch(
+    gt_ltrb: torch.Tensor, gt_labels: torch.Tensor, num_gt: torch.Tensor, dboxes_ltrb: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded batch -> (loc_t [B,A,4] fp32 offsets, labels_t [B,A] int64; 0 = background) (Triton)."""
+    return _launch(gt_ltrb, gt_labels, num_gt, dboxes_ltrb)
 
 
 @encode_batch.register_fake

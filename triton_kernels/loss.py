@@ -178,11 +178,8 @@ def _tiles(C: int) -> tuple[int, int]:
     return max(1, 4096 // block_c), block_c
 
 
-@torch.library.custom_op(f"{NAMESPACE}::ssd_loss_forward", mutates_args=())
-def ssd_loss_forward(
-    locs: torch.Tensor, logits: torch.Tensor, loc_t: torch.Tensor, labels_t: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> (loss [] fp32, weight [B,A] fp32, scale [B] fp32); weight and scale are what the backward needs."""
+def _launch_forward(locs, logits, loc_t, labels_t):
+    """The forward passes (the body of `ssd_loss_forward`, also what `compile_check` compiles)."""
     _check_shapes(locs, logits, loc_t, labels_t)
     check_device("ssd_loss", locs, logits, loc_t, labels_t)
     B, A, C = logits.shape
@@ -210,6 +207,14 @@ def ssd_loss_forward(
     return per_image.mean(), weight, scale
 
 
+@torch.library.custom_op(f"{NAMESPACE}::ssd_loss_forward", mutates_args=())
+def ssd_loss_forward(
+    locs: torch.Tensor, logits: torch.Tensor, loc_t: torch.Tensor, labels_t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (loss [] fp32, weight [B,A] fp32, scale [B] fp32); weight and scale are what the backward needs."""
+    return _launch_forward(locs, logits, loc_t, labels_t)
+
+
 @ssd_loss_forward.register_fake
 def _ssd_loss_forward_fake(locs, logits, loc_t, labels_t):
     _check_shapes(locs, logits, loc_t, labels_t)
@@ -218,17 +223,8 @@ def _ssd_loss_forward_fake(locs, logits, loc_t, labels_t):
     return logits.new_empty((), **f32), logits.new_empty((B, A), **f32), logits.new_empty((B,), **f32)
 
 
-@torch.library.custom_op(f"{NAMESPACE}::ssd_loss_backward", mutates_args=())
-def ssd_loss_backward(
-    grad_loss: torch.Tensor,
-    locs: torch.Tensor,
-    logits: torch.Tensor,
-    loc_t: torch.Tensor,
-    labels_t: torch.Tensor,
-    weight: torch.Tensor,
-    scale: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """d loss / d (locs, logits), in the dtypes of locs and logits."""
+def _launch_backward(grad_loss, locs, logits, loc_t, labels_t, weight, scale):
+    """The backward pass (the body of `ssd_loss_backward`)."""
     check_device("ssd_loss", grad_loss, locs, logits, loc_t, labels_t, weight, scale)
     B, A, C = logits.shape
     loc_t, labels_t = loc_t.contiguous(), labels_t.contiguous()
@@ -243,6 +239,20 @@ def ssd_loss_backward(
             BLOCK_A=block_a, BLOCK_C=block_c, num_warps=4,
         )
     return grad_locs, grad_logits
+
+
+@torch.library.custom_op(f"{NAMESPACE}::ssd_loss_backward", mutates_args=())
+def ssd_loss_backward(
+    grad_loss: torch.Tensor,
+    locs: torch.Tensor,
+    logits: torch.Tensor,
+    loc_t: torch.Tensor,
+    labels_t: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """d loss / d (locs, logits), in the dtypes of locs and logits."""
+    return _launch_backward(grad_loss, locs, logits, loc_t, labels_t, weight, scale)
 
 
 @ssd_loss_backward.register_fake
