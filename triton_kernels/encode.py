@@ -31,6 +31,7 @@ __all__ = ["MAX_BOXES", "encode_batch", "encode_batch_reference"]
 
 MAX_BOXES = 256  # one [G, BLOCK_A] IoU tile per step holds every box of an image
 _TILES_PER_PROGRAM = 8  # pass 1: fewer programs means fewer per-box partials for pass 2 to reduce
+_MATCH_WARPS = 8  # pass 1 holds several [G, BLOCK_A] fp32 tiles: at 4 warps the G = 256 tile spills (compile_check)
 
 
 @triton.jit
@@ -58,7 +59,7 @@ def _match_kernel(
     g_area = (gr - gl) * (gb - gt)
     run_iou = tl.full((BLOCK_G,), -3.0, dtype=tl.float32)
     run_anchor = tl.zeros((BLOCK_G,), dtype=tl.int32)
-    for i in tl.static_range(TILES):
+    for i in range(TILES):
         a0 = (pid * TILES + i) * BLOCK_A
         a = a0 + tl.arange(0, BLOCK_A)
         a_ok = a < A
@@ -88,16 +89,23 @@ def _best_anchor_kernel(
     G, P,
     BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
+    # Reduces the P per-program partials [BLOCK_P, BLOCK_G] at a time, keeping one [BLOCK_G] running best.
     b = tl.program_id(0).to(tl.int64)
-    p = tl.arange(0, BLOCK_P)
     g = tl.arange(0, BLOCK_G)
-    ok = (p < P)[:, None] & (g < G)[None, :]
-    part = (b * P + p[:, None]) * G + g[None, :]
-    iou = tl.load(part_iou_ptr + part, mask=ok, other=-4.0)
-    first = tl.argmax(iou, axis=0, tie_break_left=True)  # programs cover anchors in order: first is lowest
-    anchors = tl.load(part_anchor_ptr + part, mask=ok, other=0)
-    anchor = tl.sum(tl.where(p[:, None] == first[None, :], anchors, 0), axis=0)
-    tl.store(best_anchor_ptr + b * G + g, anchor, mask=g < G)
+    run_iou = tl.full((BLOCK_G,), -5.0, dtype=tl.float32)
+    run_anchor = tl.zeros((BLOCK_G,), dtype=tl.int32)
+    for p0 in range(0, P, BLOCK_P):
+        p = tl.arange(0, BLOCK_P)
+        ok = (p0 + p < P)[:, None] & (g < G)[None, :]
+        part = (b * P + p0 + p[:, None]) * G + g[None, :]
+        iou = tl.load(part_iou_ptr + part, mask=ok, other=-4.0)
+        first = tl.argmax(iou, axis=0, tie_break_left=True)  # programs cover anchors in order: first is lowest
+        anchors = tl.load(part_anchor_ptr + part, mask=ok, other=0)
+        chunk_iou = tl.max(iou, axis=0)
+        better = chunk_iou > run_iou  # strict: an earlier chunk keeps a tie
+        run_anchor = tl.where(better, tl.sum(tl.where(p[:, None] == first[None, :], anchors, 0), axis=0), run_anchor)
+        run_iou = tl.where(better, chunk_iou, run_iou)
+    tl.store(best_anchor_ptr + b * G + g, run_anchor, mask=g < G)
 
 
 @triton.jit
@@ -174,11 +182,11 @@ def _launch(gt_ltrb, gt_labels, num_gt, dboxes_ltrb):
     # enable_fp_fusion=False: no fused multiply-add, so IoUs and offsets round like torch's separate ops.
     _match_kernel[(programs, B)](
         gt_ltrb, num_gt, dboxes_ltrb, best_iou, best_gt, part_iou, part_anchor, A, G,
-        BLOCK_A=block_a, BLOCK_G=block_g, TILES=_TILES_PER_PROGRAM, num_warps=4, enable_fp_fusion=False,
+        BLOCK_A=block_a, BLOCK_G=block_g, TILES=_TILES_PER_PROGRAM, num_warps=_MATCH_WARPS, enable_fp_fusion=False,
     )
     _best_anchor_kernel[(B,)](
         part_iou, part_anchor, best_anchor, G, programs,
-        BLOCK_P=triton.next_power_of_2(programs), BLOCK_G=block_g, num_warps=4,
+        BLOCK_P=min(triton.next_power_of_2(programs), max(1, 4096 // block_g)), BLOCK_G=block_g, num_warps=4,
     )
     _encode_kernel[(triton.cdiv(A, block_a), B)](
         gt_ltrb, gt_labels, num_gt, dboxes_ltrb, best_iou, best_gt, best_anchor, loc_t, labels_t, A, G,

@@ -6,8 +6,9 @@ Forward, `torch.ops.ssd_kernels.ssd_loss_forward(locs [B,A,4], logits [B,A,C], l
 2. `_mine_kernel`, grid (B,): one program per image holds the image's A CE values in registers and finds the
    k-th largest of the positive-zeroed CE, k = min(3 * num_pos, A), by a 31-step bisection on its float bits
    (CE >= 0, so the bits order like the values); it selects the values above that threshold and, among the values
-   equal to it, the lowest anchor indices (a prefix sum over the ties) until k are selected. It writes the image's
-   normalised loss and each anchor's gradient weight `(pos + selected) / max(num_pos, 1e-6)` for the backward.
+   equal to it, the lowest anchor indices until k are selected (a second bisection, on the anchor index). It
+   writes the image's normalised loss and each anchor's gradient weight `(pos + selected) / max(num_pos, 1e-6)`
+   for the backward.
 The batch mean of the B per-image losses is the output (a [B] -> [] torch mean).
 
 Ties at the selection boundary are broken by anchor index, lowest first: the same rule as the stable sort in
@@ -81,7 +82,7 @@ def _ce_kernel(
 def _mine_kernel(
     ce_ptr, labels_ptr, partials_ptr, weight_ptr, scale_ptr, loss_ptr,
     A, NB,
-    NEG_POS_RATIO: tl.constexpr, BLOCK: tl.constexpr, BLOCK_NB: tl.constexpr,
+    NEG_POS_RATIO: tl.constexpr, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr, BLOCK_NB: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     j = tl.arange(0, BLOCK_NB)
@@ -95,18 +96,26 @@ def _mine_kernel(
     a_ok = a < A
     ce = tl.load(ce_ptr + b * A + a, mask=a_ok, other=0.0)
     pos = tl.load(labels_ptr + b * A + a, mask=a_ok, other=0) > 0
-    bits = tl.where(pos, 0.0, ce).to(tl.int32, bitcast=True)  # the ranking key, as orderable int32
+    # The ranking key as orderable int32 bits; lanes past A get -1, below every key (CE >= 0), so the searches below
+    # need no mask.
+    bits = tl.where(a_ok, tl.where(pos, 0.0, ce).to(tl.int32, bitcast=True), -1)
 
     k = tl.minimum(NEG_POS_RATIO * num_pos.to(tl.int32), A)
     # Largest t with #(key >= t) >= k, i.e. the k-th largest key, set bit by bit from the top (bit 31 is the sign).
     t = tl.zeros((), dtype=tl.int32)
     for bit in tl.static_range(30, -1, -1):
         cand = t | (1 << bit)
-        t = tl.where(tl.sum((a_ok & (bits >= cand)).to(tl.int32), axis=0) >= k, cand, t)
-    above = a_ok & (bits > t)
-    tie = a_ok & (bits == t)
-    tie_rank = tl.cumsum(tie.to(tl.int32), axis=0) - 1  # ties ranked by anchor index, lowest first
-    selected = above | (tie & (tie_rank < k - tl.sum(above.to(tl.int32), axis=0)))
+        t = tl.where(tl.sum((bits >= cand).to(tl.int32), axis=0) >= k, cand, t)
+    above = bits > t
+    tie = bits == t
+    # Ties ranked by anchor index, lowest first: the `need` lowest are those below the largest j with
+    # #(tie, a < j) <= need, found by a second bisection (a scan over BLOCK lanes would spill registers).
+    need = k - tl.sum(above.to(tl.int32), axis=0)
+    j = tl.zeros((), dtype=tl.int32)
+    for bit in tl.static_range(LOG2_BLOCK, -1, -1):
+        cand = j | (1 << bit)
+        j = tl.where(tl.sum((tie & (a < cand)).to(tl.int32), axis=0) <= need, cand, j)
+    selected = above | (tie & (a < j))
 
     conf = ce_pos + tl.sum(tl.where(selected, ce, 0.0), axis=0)
     # SPEC section 4: (loc + conf) / max(num_pos, 1e-6) * (num_pos > 0), in the reference's order of operations.
@@ -201,8 +210,9 @@ def _launch_forward(locs, logits, loc_t, labels_t):
         block = triton.next_power_of_2(A)
         _mine_kernel[(B,)](
             ce, labels_t, partials, weight, scale, per_image, A, nb,
-            NEG_POS_RATIO=NEG_POS_RATIO, BLOCK=block, BLOCK_NB=triton.next_power_of_2(nb),
-            num_warps=min(16, max(4, block // 1024)),
+            NEG_POS_RATIO=NEG_POS_RATIO, BLOCK=block, LOG2_BLOCK=block.bit_length() - 1,
+            BLOCK_NB=triton.next_power_of_2(nb),
+            num_warps=min(32, max(4, block // 512)),
         )
     return per_image.mean(), weight, scale
 

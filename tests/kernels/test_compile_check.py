@@ -28,6 +28,21 @@ def run(args, tmp_path, interpret=False):
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.parametrize("arch", [90, 80], ids=["sm_90", "sm_80"])
+def test_every_kernel_compiles_at_the_real_sizes_without_spills(arch, tmp_path):
+    out = tmp_path / "compile.csv"
+    result = run(["-m", "triton_kernels.compile_check", "--arch", str(arch), "--out", str(out)], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert {r["kernel"] for r in rows} == KERNELS
+    for r in rows:
+        assert r["error"] == "" and r["stack"] == r["local"] == "0", r
+        assert 0 < int(r["regs"]) <= 255 and int(r["blocks_per_sm"]) >= 1, r
+    cases = {r["case"] for r in rows}
+    assert {"loss bfloat16 model", "loss float16 contiguous", "decode bfloat16 model", "encode G=256"} <= cases
+    assert f"sm_{arch}" in result.stdout and "| _mine_kernel |" in result.stdout
+
+
 def test_reports_spills_compile_errors_and_unreached_kernels(tmp_path):
     script = tmp_path / "toy.py"
     script.write_text(textwrap.dedent('''

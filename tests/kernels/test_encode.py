@@ -88,6 +88,18 @@ def test_best_anchor_ties_go_to_the_lowest_index(device, assert_close):
     assert labels_t[0].nonzero().squeeze(1).tolist() == [10, 100]
 
 
+def test_best_anchor_ties_across_reduction_chunks(device, assert_close):
+    # G = 256: 16-anchor tiles, 128 anchors a program, and the second pass reduces the programs' partials 16 at a time
+    # (2048 anchors), so with 2500 anchors a tie can span two chunks (10 and 2300) or sit in the second (2100, 2400).
+    dboxes = 0.7 + 0.3 * random_boxes(2500)
+    dboxes[[10, 2300]] = torch.tensor([0.05, 0.05, 0.45, 0.45])
+    dboxes[[2100, 2400]] = torch.tensor([0.3, 0.3, 0.6, 0.6])
+    gt_ltrb, gt_labels, num_gt = make_batch([2], MAX_BOXES, device)
+    gt_ltrb[0, :2] = torch.tensor([[0.05, 0.05, 0.15, 0.15], [0.3, 0.3, 0.4, 0.4]], device=device)
+    labels_t = check(gt_ltrb, gt_labels, num_gt, dboxes.to(device), assert_close)
+    assert labels_t[0].nonzero().squeeze(1).tolist() == [10, 2100]
+
+
 def test_rejects_bad_shapes(device):
     gt_ltrb, gt_labels, num_gt = make_batch([1, 2], 2, device)
     dboxes = random_boxes(16).to(device)
