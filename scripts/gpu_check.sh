@@ -56,7 +56,9 @@ step() {
   nvidia-smi
 } > "$RESULTS/env.txt" 2>&1
 
-step kernel_tests 200 "$PY" -m pytest -q tests/kernels --junitxml="$RESULTS/kernel_tests.xml"
+# compile_check runs in CI (no GPU needed), so its test is left out of the GPU budget.
+step kernel_tests 200 "$PY" -m pytest -q tests/kernels --ignore=tests/kernels/test_compile_check.py \
+  --junitxml="$RESULTS/kernel_tests.xml"
 for op in loss decode encode; do
   step "bench_$op" 100 "$PY" -m triton_kernels.benchmarks.bench_$op --out "$RESULTS/bench_$op.csv"
 done
