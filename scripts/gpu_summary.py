@@ -3,8 +3,8 @@
 `python scripts/gpu_summary.py RESULTS_DIR` reads RESULTS_DIR/steps.tsv (name, status, seconds, log), the pytest
 JUnit XML of a step (NAME.xml) and the benchmark CSV of a step (NAME.csv, fields of
 triton_kernels/benchmarks/common.py); prints a Markdown table and writes it to RESULTS_DIR/summary.md.
-A benchmark row gives, per op and mode at its largest batch, each provider's median time, Triton's GB/s and its
-speed-up over torch eager and over torch.compile.
+A benchmark row gives, per op and mode at its largest batch, each provider's median time, Triton's GB/s (and what
+fraction it is of the `copy` baseline's for the same bytes) and its speed-up over torch eager and over torch.compile.
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ def bench_results(path: Path) -> list[str]:
     for op, mode in dict.fromkeys((r["op"], r["mode"]) for r in rows):
         case = [r for r in rows if (r["op"], r["mode"]) == (op, mode)]
         B = max(int(r["B"]) for r in case)
-        ms = {r["provider"]: float(r["ms"]) for r in case if int(r["B"]) == B}
-        gbps = next(float(r["gbps"]) for r in case if int(r["B"]) == B and r["provider"] == "triton")
+        at_B = {r["provider"]: r for r in case if int(r["B"]) == B}
+        copy = at_B.pop("copy", None)  # the bandwidth baseline, not a competitor
+        ms = {p: float(r["ms"]) for p, r in at_B.items()}
+        gbps = float(at_B["triton"]["gbps"])
         times = ", ".join(f"{p} {t:.3f} ms" for p, t in ms.items())
         speedups = " / ".join(f"x{ms[p] / ms['triton']:.2f} vs {p}" for p in ms if p != "triton")
-        out.append(f"{op} {mode} B={B}: {times}; triton {gbps:.0f} GB/s, {speedups}")
+        of_copy = f" ({gbps / float(copy['gbps']):.0%} of copy, {float(copy['gbps']):.0f} GB/s)" if copy else ""
+        out.append(f"{op} {mode} B={B}: {times}; triton {gbps:.0f} GB/s{of_copy}, {speedups}")
     return out
 
 

@@ -1,5 +1,7 @@
-"""The benchmark scripts refuse cleanly where they cannot time kernels, and gpu_check's summary reads their CSVs."""
+"""The benchmark scripts refuse cleanly where they cannot time kernels, their report adds the copy baseline, and
+gpu_check's summary reads their CSVs."""
 
+import csv
 import importlib.util
 import os
 import subprocess
@@ -7,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,6 +27,28 @@ def test_benchmark_refuses_without_a_gpu_or_in_the_interpreter(name):
     assert "Traceback" not in run.stderr + run.stdout
 
 
+def test_report_adds_the_copy_baseline_for_the_same_bytes(tmp_path, monkeypatch):
+    from triton_kernels.benchmarks import common
+
+    calls = []
+
+    def measure(fn, rep, grad_to_none=None):  # runs the callable once instead of timing it (no GPU here)
+        fn()
+        calls.append(fn)
+        return 2.0, 1.5, 2.5
+
+    monkeypatch.setattr(common, "measure", measure)
+    x = torch.zeros(4)
+    report = common.Report(tmp_path / "bench.csv", device="cpu")
+    report.time_providers({"triton": lambda: x.add_(1), "torch": lambda: x.add_(1)}, 1_000_001, rep=1,
+                          op="decode", mode="boxes", B=32)
+    report.write()
+    rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
+    assert [r["provider"] for r in rows] == ["triton", "torch", "copy"] and len(calls) == 3 and x[0] == 2
+    assert [float(r["gbps"]) for r in rows] == [1_000_001 / 2.0 / 1e6] * 2 + [1_000_000 / 2.0 / 1e6]
+    assert {r["op"] for r in rows} == {"decode"} and {r["gpu"] for r in rows} == {"cpu"}
+
+
 def test_gpu_check_summary(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "scripts" / "gpu_summary.py")
     summary = importlib.util.module_from_spec(spec)
@@ -36,14 +61,18 @@ def test_gpu_check_summary(tmp_path):
         '<testsuites><testsuite tests="10" failures="1" errors="0" skipped="2"/></testsuites>'
     )
     header = "gpu,op,mode,provider,B,A,C,G,dtype,layout,ms,ms_p20,ms_p80,gbps\n"
-    rows = [("triton", 32, 1.0), ("torch", 32, 3.0), ("triton", 256, 2.0), ("torch", 256, 8.0)]
-    (tmp_path / "bench_loss.csv").write_text(
-        header + "".join(f"H200,ssd_loss,fwd,{p},{B},8732,81,,bfloat16,model,{ms},{ms},{ms},{B}\n" for p, B, ms in rows)
-    )
+    rows = [("triton", 32, 1.0, 32), ("torch", 32, 3.0, 11), ("copy", 32, 0.5, 64),
+            ("triton", 256, 2.0, 256), ("torch", 256, 8.0, 64), ("copy", 256, 1.6, 320)]
+    (tmp_path / "bench_loss.csv").write_text(header + "".join(
+        f"H200,ssd_loss,fwd,{p},{B},8732,81,,bfloat16,model,{ms},{ms},{ms},{gbps}\n" for p, B, ms, gbps in rows
+    ))
     (tmp_path / "bench_encode.log").write_text("...\nRuntimeError: out of memory\n")
     summary.main(tmp_path)
     table = (tmp_path / "summary.md").read_text()
     assert "| kernel_tests | ok | 90 | 7 passed, 1 failed, 0 errors, 2 skipped |" in table
-    assert "ssd_loss fwd B=256: triton 2.000 ms, torch 8.000 ms; triton 256 GB/s, x4.00 vs torch" in table
+    assert (
+        "ssd_loss fwd B=256: triton 2.000 ms, torch 8.000 ms; triton 256 GB/s (80% of copy, 320 GB/s), x4.00 vs torch"
+        in table
+    )
     assert "bench_encode.log: RuntimeError: out of memory" in table
     assert "| bench_decode | skipped(budget) | 0 |" in table

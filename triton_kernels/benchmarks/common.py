@@ -2,7 +2,10 @@
 
 Timing is `triton.testing.do_bench`: L2 flushed before each run, the median over as many runs as fit in `rep` ms
 (with the 20th and 80th percentiles). GB/s is the byte count an op must move (each benchmark's docstring says what it
-counts) divided by the median time, so that the providers are compared against one fixed amount of work.
+counts) divided by the median time, so that the providers are compared against one fixed amount of work. Every
+measurement also times a `copy` provider: a device-to-device copy that moves the same bytes (half read, half
+written), the bandwidth this GPU reaches for that much traffic in the same run, so that a kernel's GB/s reads as a
+fraction of what the memory system delivers.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 BATCHES = (32, 64, 128, 256)  # per-GPU batches around the real ones (NVIDIA's v0.7 ran 56-120 per GPU)
 A_SSD300 = 8732  # default boxes (SPEC section 2)
 C_COCO = 81  # 80 classes + background
+COPY = "copy"  # the bandwidth baseline's provider name
 FIELDS = ("gpu", "op", "mode", "provider", "B", "A", "C", "G", "dtype", "layout", "ms", "ms_p20", "ms_p80", "gbps")
 
 
@@ -73,9 +77,10 @@ def measure(fn: Callable, rep: int, grad_to_none=None) -> tuple[float, float, fl
 class Report:
     """Rows of one benchmark: printed as they come, written as CSV at the end."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, device: str = "cuda"):
         self.out = out
-        self.gpu = torch.cuda.get_device_name()
+        self.device = device
+        self.gpu = torch.cuda.get_device_name() if device == "cuda" else device
         self.rows: list[dict] = []
         print(f"# {self.gpu}; torch {torch.__version__}")
 
@@ -91,9 +96,14 @@ class Report:
         )
 
     def time_providers(self, providers: dict[str, Callable], nbytes: int, rep: int, grad_to_none=None, **fields):
-        """Time each provider's zero-argument callable on the same inputs and add a row for each."""
+        """Time each provider's zero-argument callable on the same inputs and add a row for each, then the `copy`
+        baseline for `nbytes`."""
         for provider, fn in providers.items():
             self.add(measure(fn, rep, grad_to_none), nbytes, provider=provider, **fields)
+        src = torch.empty(nbytes // 2, dtype=torch.uint8, device=self.device)
+        dst = torch.empty_like(src)
+        self.add(measure(lambda: dst.copy_(src), rep), 2 * src.numel(), provider=COPY, **fields)
+        del src, dst
 
     def write(self) -> None:
         self.out.parent.mkdir(parents=True, exist_ok=True)
