@@ -27,6 +27,34 @@ def test_benchmark_refuses_without_a_gpu_or_in_the_interpreter(name):
     assert "Traceback" not in run.stderr + run.stdout
 
 
+@pytest.mark.parametrize("name", ["bench_loss", "bench_decode", "bench_encode"])
+def test_benchmark_runs_end_to_end_in_the_interpreter(name, tmp_path, monkeypatch):
+    # Without a GPU, each script's whole path (inputs at the real A, C and G, every provider, the CSV) runs on CPU in
+    # Triton's interpreter, each provider called once instead of timed, at batch 2: a GPU run should not be the first
+    # to execute it.
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU the scripts run for real (scripts/gpu_check.sh)")
+    from triton_kernels.benchmarks import common
+
+    def once(fn, rep, grad_to_none=None):
+        fn()
+        return 1.0, 1.0, 1.0
+
+    monkeypatch.setattr(common, "DEVICE", "cpu")
+    monkeypatch.setattr(common, "require_gpu", lambda name: None)
+    monkeypatch.setattr(common, "measure", once)
+    monkeypatch.setattr(common, "compiled", lambda fn: torch.compile(fn, backend="eager", dynamic=True))
+    out = tmp_path / f"{name}.csv"
+    monkeypatch.setattr(sys, "argv", [name, "--batches", "2", "--out", str(out)])
+    importlib.import_module(f"triton_kernels.benchmarks.{name}").main()
+    rows = list(csv.DictReader(out.open()))
+    modes = {"bench_loss": {"fwd", "fwd+bwd"}, "bench_decode": {"boxes", "scores"}, "bench_encode": {"fwd"}}[name]
+    assert {r["mode"] for r in rows} == modes
+    for mode in modes:
+        assert sorted(r["provider"] for r in rows if r["mode"] == mode) == ["copy", "torch", "torch.compile", "triton"]
+    assert all(r["B"] == "2" and r["A"] == "8732" and float(r["gbps"]) > 0 for r in rows)
+
+
 def test_report_adds_the_copy_baseline_for_the_same_bytes(tmp_path, monkeypatch):
     from triton_kernels.benchmarks import common
 
@@ -38,8 +66,9 @@ def test_report_adds_the_copy_baseline_for_the_same_bytes(tmp_path, monkeypatch)
         return 2.0, 1.5, 2.5
 
     monkeypatch.setattr(common, "measure", measure)
+    monkeypatch.setattr(common, "DEVICE", "cpu")
     x = torch.zeros(4)
-    report = common.Report(tmp_path / "bench.csv", device="cpu")
+    report = common.Report(tmp_path / "bench.csv")
     report.time_providers({"triton": lambda: x.add_(1), "torch": lambda: x.add_(1)}, 1_000_001, rep=1,
                           op="decode", mode="boxes", B=32)
     report.write()

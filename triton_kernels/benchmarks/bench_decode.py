@@ -32,7 +32,7 @@ def main() -> None:
     boxes_fns["torch.compile"] = common.compiled(decode_boxes_reference)
     scores_fns = {"triton": decode_scores, "torch": decode_scores_reference}
     scores_fns["torch.compile"] = common.compiled(decode_scores_reference)
-    dboxes = default_boxes_cxcywh(mlperf().anchors).cuda()
+    dboxes = default_boxes_cxcywh(mlperf().anchors).to(common.DEVICE)
     report = common.Report(args.out)
     for B in args.batches:
         locs, logits = common.model_outputs(B, args.layout)

@@ -23,11 +23,11 @@ G = 100  # box slots per image (the issue: up to 100 boxes)
 
 
 def make_batch(B: int):
-    wh = 0.02 + torch.rand(B, G, 2, device="cuda") * 0.6
-    xy = torch.rand(B, G, 2, device="cuda") * (1 - wh)
+    wh = 0.02 + torch.rand(B, G, 2, device=common.DEVICE) * 0.6
+    xy = torch.rand(B, G, 2, device=common.DEVICE) * (1 - wh)
     gt_ltrb = torch.cat([xy, xy + wh], dim=-1)
-    gt_labels = torch.randint(1, common.C_COCO, (B, G), device="cuda")
-    num_gt = torch.randint(1, G + 1, (B,), device="cuda")
+    gt_labels = torch.randint(1, common.C_COCO, (B, G), device=common.DEVICE)
+    num_gt = torch.randint(1, G + 1, (B,), device=common.DEVICE)
     return gt_ltrb, gt_labels, num_gt
 
 
@@ -38,7 +38,7 @@ def main() -> None:
 
     fns = {"triton": encode_batch, "torch": encode_batch_reference}
     fns["torch.compile"] = common.compiled(encode_batch_reference)
-    dboxes = default_boxes_ltrb(mlperf().anchors).cuda()
+    dboxes = default_boxes_ltrb(mlperf().anchors).to(common.DEVICE)
     report = common.Report(args.out)
     for B in args.batches:
         batch = make_batch(B)

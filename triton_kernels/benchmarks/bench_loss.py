@@ -23,11 +23,12 @@ NAME = "bench_loss"
 
 def make_targets(B: int) -> tuple[torch.Tensor, torch.Tensor]:
     """loc_t [B,A,4] fp32 and labels_t [B,A] with 1-150 positives per image (COCO-like)."""
-    loc_t = torch.randn(B, A, 4, device="cuda")
-    labels_t = torch.zeros(B, A, dtype=torch.long, device="cuda")
+    dev = common.DEVICE
+    loc_t = torch.randn(B, A, 4, device=dev)
+    labels_t = torch.zeros(B, A, dtype=torch.long, device=dev)
     for b in range(B):
         n = int(torch.randint(1, 151, ()))
-        labels_t[b, torch.randperm(A, device="cuda")[:n]] = torch.randint(1, C, (n,), device="cuda")
+        labels_t[b, torch.randperm(A, device=dev)[:n]] = torch.randint(1, C, (n,), device=dev)
     return loc_t, labels_t
 
 

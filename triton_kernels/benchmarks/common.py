@@ -23,6 +23,7 @@ BATCHES = (32, 64, 128, 256)  # per-GPU batches around the real ones (NVIDIA's v
 A_SSD300 = 8732  # default boxes (SPEC section 2)
 C_COCO = 81  # 80 classes + background
 COPY = "copy"  # the bandwidth baseline's provider name
+DEVICE = "cuda"  # where the inputs live; tests set "cpu" to run a script end to end in Triton's interpreter
 FIELDS = ("gpu", "op", "mode", "provider", "B", "A", "C", "G", "dtype", "layout", "ms", "ms_p20", "ms_p80", "gbps")
 
 
@@ -30,8 +31,8 @@ def model_outputs(B: int, layout: str, dtype: torch.dtype = torch.bfloat16) -> t
     """Random locs [B,A,4] and logits [B,A,C] on the GPU; layout "model" makes them transposed views of [B,4,A] and
     [B,C,A], as the model's heads return them, "contiguous" makes them contiguous."""
     if layout == "model":
-        return tuple(torch.randn(B, n, A_SSD300, device="cuda", dtype=dtype).transpose(1, 2) for n in (4, C_COCO))
-    return tuple(torch.randn(B, A_SSD300, n, device="cuda", dtype=dtype) for n in (4, C_COCO))
+        return tuple(torch.randn(B, n, A_SSD300, device=DEVICE, dtype=dtype).transpose(1, 2) for n in (4, C_COCO))
+    return tuple(torch.randn(B, A_SSD300, n, device=DEVICE, dtype=dtype) for n in (4, C_COCO))
 
 
 def require_gpu(name: str) -> None:
@@ -77,10 +78,10 @@ def measure(fn: Callable, rep: int, grad_to_none=None) -> tuple[float, float, fl
 class Report:
     """Rows of one benchmark: printed as they come, written as CSV at the end."""
 
-    def __init__(self, out: Path, device: str = "cuda"):
+    def __init__(self, out: Path):
         self.out = out
-        self.device = device
-        self.gpu = torch.cuda.get_device_name() if device == "cuda" else device
+        self.device = DEVICE
+        self.gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
         self.rows: list[dict] = []
         print(f"# {self.gpu}; torch {torch.__version__}")
 
