@@ -14,7 +14,8 @@ memory request they give the occupancy per SM.
 
 Exit status 1 when a kernel fails to compile, spills, needs more shared memory than a block may have, or is never
 reached by any launcher; 2 when it cannot run (TRITON_INTERPRET=1 makes the kernels interpreted, so there is
-nothing to compile). Needs neither a GPU nor a CUDA driver.
+nothing to compile). Needs neither a GPU nor a CUDA driver. It leans on Triton internals (`JITFunction.run`, the
+driver config, `device_caches`) of the triton that torch pins (3.8); its tests say so first if they change.
 """
 
 from __future__ import annotations
