@@ -108,14 +108,14 @@ def _mine_kernel(
         t = tl.where(tl.sum((bits >= cand).to(tl.int32), axis=0) >= k, cand, t)
     above = bits > t
     tie = bits == t
-    # Ties ranked by anchor index, lowest first: the `need` lowest are those below the largest j with
-    # #(tie, a < j) <= need, found by a second bisection (a scan over BLOCK lanes would spill registers).
+    # Ties ranked by anchor index, lowest first: the `need` lowest are those below the largest cut with
+    # #(tie, a < cut) <= need, found by a second bisection (a scan over BLOCK lanes would spill registers).
     need = k - tl.sum(above.to(tl.int32), axis=0)
-    j = tl.zeros((), dtype=tl.int32)
+    cut = tl.zeros((), dtype=tl.int32)
     for bit in tl.static_range(LOG2_BLOCK, -1, -1):
-        cand = j | (1 << bit)
-        j = tl.where(tl.sum((tie & (a < cand)).to(tl.int32), axis=0) <= need, cand, j)
-    selected = above | (tie & (a < j))
+        cand = cut | (1 << bit)
+        cut = tl.where(tl.sum((tie & (a < cand)).to(tl.int32), axis=0) <= need, cand, cut)
+    selected = above | (tie & (a < cut))
 
     conf = ce_pos + tl.sum(tl.where(selected, ce, 0.0), axis=0)
     # SPEC section 4: (loc + conf) / max(num_pos, 1e-6) * (num_pos > 0), in the reference's order of operations.
