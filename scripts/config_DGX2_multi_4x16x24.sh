@@ -3,6 +3,5 @@ export DGXSYSTEM=DGX2_multi_4x16x24
 export DGXNNODES=4
 export DGXNGPU=16
 export WALLTIME=00:20:00
-export BATCHSIZE=24
 export DS_CONFIG=ds_configs/4xdgx2h_64x24_fp16.json
-export EXTRA_PARAMS="--lr_arg 2.9e-3 --weight_decay 1.7e-4 --warmup_iters 850 --decay_epochs 44,55 --epochs 70 --submission_platform DGX2_multi_4x16x24"
+export EXTRA_PARAMS="--lr_arg 2.9e-3 --weight_decay 1.7e-4 --warmup_iters 850 --decay_epochs 44,55 --epochs 70"

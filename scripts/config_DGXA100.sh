@@ -3,6 +3,5 @@ export DGXSYSTEM=DGXA100
 export DGXNNODES=1
 export DGXNGPU=8
 export WALLTIME=00:30:00
-export BATCHSIZE=114
 export DS_CONFIG=ds_configs/dgxa100_8x114_bf16.json
-export EXTRA_PARAMS="--lr_arg 3.2e-3 --weight_decay 1.3e-4 --warmup_iters 650 --decay_epochs 44,55 --epochs 60 --submission_platform DGXA100"
+export EXTRA_PARAMS="--lr_arg 3.2e-3 --weight_decay 1.3e-4 --warmup_iters 650 --decay_epochs 44,55 --epochs 60"

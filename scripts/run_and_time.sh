@@ -16,6 +16,8 @@ RUN_ID=${RUN_ID:-${SLURM_JOB_ID:-$(date +%y%m%d%H%M%S)}}
 RUN_DIR=${LOGDIR}/ssd_${DGXSYSTEM:-local}_${RUN_ID}
 PYTHON=${PYTHON:-python3}
 ARGS=(--preset mlperf --data "$DATADIR" --run_dir "$RUN_DIR" --deepspeed_config "$DS_CONFIG" --seed "${SEED:-$RANDOM}")
+# The MLPerf log's submission_platform is the system the config names; the per-GPU batch lives in the DS config.
+[ -n "${DGXSYSTEM:-}" ] && ARGS+=(--submission_platform "$DGXSYSTEM")
 read -r -a EXTRA <<< "${EXTRA_PARAMS:-}"
 
 case "${LAUNCH:-deepspeed}" in

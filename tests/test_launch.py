@@ -153,6 +153,7 @@ def test_run_and_time_prints_time_to_train(synthetic_dataset, tmp_path):
     assert len(result) == 1 and result[0].endswith(",aborted")  # one epoch never reaches AP 0.23
     assert float(result[0].split(",")[2]) > 0
     assert (tmp_path / "ssd_CPU_t1" / "mlperf.log").is_file()
+    assert '"key": "submission_platform", "value": "CPU"' in (tmp_path / "ssd_CPU_t1" / "mlperf.log").read_text()
 
 
 def test_time_to_train_names_an_unfinished_log(tmp_path):
