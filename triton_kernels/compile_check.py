@@ -15,7 +15,8 @@ memory request they give the occupancy per SM.
 Exit status 1 when a kernel fails to compile, spills, needs more shared memory than a block may have, or is never
 reached by any launcher; 2 when it cannot run (TRITON_INTERPRET=1 makes the kernels interpreted, so there is
 nothing to compile). Needs neither a GPU nor a CUDA driver. It leans on Triton internals (`JITFunction.run`, the
-driver config, `device_caches`) of the triton that torch pins (3.8); its tests say so first if they change.
+driver config, `device_caches`) of the triton that torch pins (3.8) and of the GPU machine's (3.6, run by
+scripts/triton_compat.sh); its tests say so first if they change.
 """
 
 from __future__ import annotations
@@ -281,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="compile only the launches whose name contains this (e.g. encode)")
     args = parser.parse_args(argv)
 
+    import triton
+
     from triton_kernels._common import INTERPRETED
 
     if INTERPRETED or os.environ.get("TRITON_INTERPRET") == "1":
@@ -294,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compile_check: no launch name contains {args.only!r}; names: {', '.join(every)}", file=sys.stderr)
         return 2
     rows = check(args.arch, cases)
-    print(f"sm_{args.arch} ({ARCH_LIMITS[args.arch]['gpus']}): {len(rows)} kernels compiled in "
-          f"{time.perf_counter() - t0:.0f} s, nothing launched\n")
+    print(f"sm_{args.arch} ({ARCH_LIMITS[args.arch]['gpus']}), triton {triton.__version__}: {len(rows)} kernels "
+          f"compiled in {time.perf_counter() - t0:.0f} s, nothing launched\n")
     print(_table(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -111,6 +111,7 @@ def decode_boxes(locs: torch.Tensor, dboxes_cxcywh: torch.Tensor) -> torch.Tenso
 @decode_boxes.register_fake
 def _decode_boxes_fake(locs, dboxes_cxcywh):
     _check_shapes(locs, dboxes_cxcywh)
+    check_device("decode", locs, dboxes_cxcywh)  # fake tensors too: a traced or fake-CUDA run fails where a GPU would
     return locs.new_empty(locs.shape, dtype=torch.float32)
 
 
@@ -125,5 +126,6 @@ def decode_scores(
 @decode_scores.register_fake
 def _decode_scores_fake(locs, logits, dboxes_cxcywh, score_threshold=0.05):
     _check_shapes(locs, dboxes_cxcywh, logits)
+    check_device("decode", locs, logits, dboxes_cxcywh)
     return locs.new_empty(locs.shape, dtype=torch.float32), logits.new_empty(logits.shape, dtype=torch.float32)
 

@@ -94,7 +94,11 @@ def _best_anchor_kernel(
     g = tl.arange(0, BLOCK_G)
     run_iou = tl.full((BLOCK_G,), -5.0, dtype=tl.float32)
     run_anchor = tl.zeros((BLOCK_G,), dtype=tl.int32)
-    for p0 in range(0, P, BLOCK_P):
+    # A while loop, not `for p0 in range(0, P, BLOCK_P)`: Triton 3.6's interpreter holds a scalar argument as a
+    # 1-element array, which `range` cannot take as a bound (int() of it is an error from NumPy 2.4 on); a comparison
+    # with it is fine, in the interpreter and compiled alike.
+    p0 = 0
+    while p0 < P:
         p = tl.arange(0, BLOCK_P)
         ok = (p0 + p < P)[:, None] & (g < G)[None, :]
         part = (b * P + p0 + p[:, None]) * G + g[None, :]
@@ -105,6 +109,7 @@ def _best_anchor_kernel(
         better = chunk_iou > run_iou  # strict: an earlier chunk keeps a tie
         run_anchor = tl.where(better, tl.sum(tl.where(p[:, None] == first[None, :], anchors, 0), axis=0), run_anchor)
         run_iou = tl.where(better, chunk_iou, run_iou)
+        p0 += BLOCK_P
     tl.store(best_anchor_ptr + b * G + g, run_anchor, mask=g < G)
 
 
@@ -207,6 +212,7 @@ def encode_batch(
 @encode_batch.register_fake
 def _encode_batch_fake(gt_ltrb, gt_labels, num_gt, dboxes_ltrb):
     _check_shapes(gt_ltrb, gt_labels, num_gt, dboxes_ltrb)
+    check_device("encode_batch", gt_ltrb, gt_labels, num_gt, dboxes_ltrb)  # fake tensors too: fail as a GPU run would
     B, A = gt_ltrb.shape[0], dboxes_ltrb.shape[0]
     return dboxes_ltrb.new_empty((B, A, 4), dtype=torch.float32), dboxes_ltrb.new_empty((B, A), dtype=torch.int64)
 

@@ -101,9 +101,14 @@ def _mine_kernel(
     bits = tl.where(a_ok, tl.where(pos, 0.0, ce).to(tl.int32, bitcast=True), -1)
 
     k = tl.minimum(NEG_POS_RATIO * num_pos.to(tl.int32), A)
+    # Both searches below are loops, not unrolled (tl.static_range): each step ends in a sum over the block, whose
+    # cross-warp phase Triton 3.6 compiles to a predicated shared-memory load that leaves its register undefined where
+    # the predicate is off. Unrolled, the searches make 46 such registers, all live from the kernel's start, and the
+    # kernel spills (144 B of stack on sm_90, compile_check); looped, they make 2. On 3.8 (plain loads) the loops
+    # leave room as well: no spill under a 56-register cap, where the unrolled searches spilled.
     # Largest t with #(key >= t) >= k, i.e. the k-th largest key, set bit by bit from the top (bit 31 is the sign).
     t = tl.zeros((), dtype=tl.int32)
-    for bit in tl.static_range(30, -1, -1):
+    for bit in range(30, -1, -1):
         cand = t | (1 << bit)
         t = tl.where(tl.sum((bits >= cand).to(tl.int32), axis=0) >= k, cand, t)
     above = bits > t
@@ -112,7 +117,7 @@ def _mine_kernel(
     # #(tie, a < cut) <= need, found by a second bisection (a scan over BLOCK lanes would spill registers).
     need = k - tl.sum(above.to(tl.int32), axis=0)
     cut = tl.zeros((), dtype=tl.int32)
-    for bit in tl.static_range(LOG2_BLOCK, -1, -1):
+    for bit in range(LOG2_BLOCK, -1, -1):
         cand = cut | (1 << bit)
         cut = tl.where(tl.sum((tie & (a < cand)).to(tl.int32), axis=0) <= need, cand, cut)
     selected = above | (tie & (a < cut))
@@ -228,6 +233,7 @@ def ssd_loss_forward(
 @ssd_loss_forward.register_fake
 def _ssd_loss_forward_fake(locs, logits, loc_t, labels_t):
     _check_shapes(locs, logits, loc_t, labels_t)
+    check_device("ssd_loss", locs, logits, loc_t, labels_t)  # fake tensors too: fail where a GPU run would
     B, A = labels_t.shape
     f32 = dict(dtype=torch.float32)
     return logits.new_empty((), **f32), logits.new_empty((B, A), **f32), logits.new_empty((B,), **f32)
@@ -267,6 +273,7 @@ def ssd_loss_backward(
 
 @ssd_loss_backward.register_fake
 def _ssd_loss_backward_fake(grad_loss, locs, logits, loc_t, labels_t, weight, scale):
+    check_device("ssd_loss", grad_loss, locs, logits, loc_t, labels_t, weight, scale)
     return torch.empty_like(locs), torch.empty_like(logits)
 
 

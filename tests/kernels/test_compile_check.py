@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import triton
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = {"_ce_kernel", "_mine_kernel", "_backward_kernel", "_decode_kernel", "_match_kernel",
@@ -22,7 +23,9 @@ KERNELS = {"_ce_kernel", "_mine_kernel", "_backward_kernel", "_decode_kernel", "
 
 def run(args, tmp_path, interpret=False):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(PYTHONPATH=str(ROOT), TRITON_CACHE_DIR=str(tmp_path / "triton_cache"))  # a real compile, every time
+    # ROOT ahead of the inherited path, not instead of it: scripts/triton_compat.sh puts another triton there.
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env.update(PYTHONPATH=path, TRITON_CACHE_DIR=str(tmp_path / "triton_cache"))  # a real compile, every time
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -41,6 +44,7 @@ def test_every_kernel_compiles_at_the_real_sizes_without_spills(arch, tmp_path):
     cases = {r["case"] for r in rows}
     assert {"loss bfloat16 model", "loss float16 contiguous", "decode bfloat16 model", "encode G=256"} <= cases
     assert f"sm_{arch}" in result.stdout and "| _mine_kernel |" in result.stdout
+    assert f"triton {triton.__version__}" in result.stdout  # the subprocess compiled with this process's triton
 
 
 def test_reports_spills_compile_errors_and_unreached_kernels(tmp_path):

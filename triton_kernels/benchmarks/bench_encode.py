@@ -1,8 +1,9 @@
 """Microbenchmark of matching and encoding: the Triton kernels against the torch reference
 (`ssd_ds.box_coder.encode_batch`), eager and under torch.compile.
 
-Inputs: a padded batch of G = 100 box slots per image with 1-100 real boxes each (COCO images hold up to ~90), the
-8732 SSD300 default boxes. The op is IoU-bound (B x G x A IoUs), so GB/s is low by nature; it is reported against
+Inputs: a padded batch of G box slots per image (`--slots`, default 128, the trainer's `max_boxes`, and 64, a COCO
+batch's largest count rounded up as `ssd_ds.data.loaders.collate_raw_boxes` trims) with 1-G real boxes each, the
+8732 SSD300 default boxes. The two G show what trimming the padding per batch saves. The op is IoU-bound (B x G x A IoUs), so GB/s is low by nature; it is reported against
 the bytes the op must move: boxes, labels, counts and default boxes read, fp32 offsets and int64 labels written.
 
     python -m triton_kernels.benchmarks.bench_encode [--batches 32 256] [--out results/bench/bench_encode.csv]
@@ -19,10 +20,9 @@ from triton_kernels.benchmarks import common
 A = common.A_SSD300
 
 NAME = "bench_encode"
-G = 100  # box slots per image (the issue: up to 100 boxes)
 
 
-def make_batch(B: int):
+def make_batch(B: int, G: int):
     wh = 0.02 + torch.rand(B, G, 2, device=common.DEVICE) * 0.6
     xy = torch.rand(B, G, 2, device=common.DEVICE) * (1 - wh)
     gt_ltrb = torch.cat([xy, xy + wh], dim=-1)
@@ -32,7 +32,7 @@ def make_batch(B: int):
 
 
 def main() -> None:
-    args = common.parse_args(NAME, __doc__)
+    args = common.parse_args(NAME, __doc__, slots=True)
     common.require_gpu(NAME)
     from triton_kernels.encode import encode_batch, encode_batch_reference
 
@@ -41,12 +41,13 @@ def main() -> None:
     dboxes = default_boxes_ltrb(mlperf().anchors).to(common.DEVICE)
     report = common.Report(args.out)
     for B in args.batches:
-        batch = make_batch(B)
-        nbytes = B * G * (16 + 8) + B * 8 + A * 16 + B * A * (16 + 8)
-        report.time_providers(
-            {p: (lambda f=f: f(*batch, dboxes)) for p, f in fns.items()}, nbytes, args.rep,
-            op="encode", mode="fwd", B=B, A=A, G=G, dtype="float32", layout="contiguous",
-        )
+        for G in args.slots:
+            batch = make_batch(B, G)
+            nbytes = B * G * (16 + 8) + B * 8 + A * 16 + B * A * (16 + 8)
+            report.time_providers(
+                {p: (lambda f=f: f(*batch, dboxes)) for p, f in fns.items()}, nbytes, args.rep,
+                op="encode", mode=f"G={G}", B=B, A=A, G=G, dtype="float32", layout="contiguous",
+            )
     report.write()
 
 

@@ -23,7 +23,10 @@ BATCHES = (32, 64, 128, 256)  # per-GPU batches around the real ones (NVIDIA's v
 A_SSD300 = 8732  # default boxes (SPEC section 2)
 C_COCO = 81  # 80 classes + background
 COPY = "copy"  # the bandwidth baseline's provider name
-DEVICE = "cuda"  # where the inputs live; tests set "cpu" to run a script end to end in Triton's interpreter
+# KERNEL_BENCH_DRY_RUN=1 (scripts/gpu_check.sh --dry-run, with TRITON_INTERPRET=1): the whole script on CPU, each
+# provider called once instead of timed, so that the GPU run is never the first to execute it.
+DRY_RUN = os.environ.get("KERNEL_BENCH_DRY_RUN") == "1"
+DEVICE = "cpu" if DRY_RUN else "cuda"  # where the inputs live; tests set "cpu" to run a script in the interpreter
 FIELDS = ("gpu", "op", "mode", "provider", "B", "A", "C", "G", "dtype", "layout", "ms", "ms_p20", "ms_p80", "gbps")
 
 
@@ -38,6 +41,8 @@ def model_outputs(B: int, layout: str, dtype: torch.dtype = torch.bfloat16) -> t
 def require_gpu(name: str) -> None:
     """Exit with a one-line message (no traceback) where the kernels cannot be timed."""
     reason = None
+    if DRY_RUN:
+        return
     if not torch.cuda.is_available():
         reason = "needs a CUDA GPU and found none; on CPU run the kernel tests instead (pytest tests/kernels)"
     elif os.environ.get("TRITON_INTERPRET") == "1":
@@ -47,7 +52,7 @@ def require_gpu(name: str) -> None:
         sys.exit(2)
 
 
-def parse_args(name: str, description: str, layouts: bool = False) -> argparse.Namespace:
+def parse_args(name: str, description: str, layouts: bool = False, slots: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=name, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -57,18 +62,25 @@ def parse_args(name: str, description: str, layouts: bool = False) -> argparse.N
             "--layout", choices=("model", "contiguous"), default="model",
             help="model: [B,A,*] transposed views of [B,*,A], as the model returns them; contiguous: [B,A,*]",
         )
+    if slots:
+        parser.add_argument("--slots", type=int, nargs="+", default=[128, 64],
+                            help="box slots G per image: the trainer's padding (max_boxes 128) and a batch maximum")
     parser.add_argument("--out", type=Path, default=Path("results/bench") / f"{name}.csv", help="CSV to write")
     parser.add_argument("--rep", type=int, default=100, help="ms of timed runs per measurement")
     return parser.parse_args()
 
 
 def compiled(fn: Callable) -> Callable:
-    """The torch.compile provider: default inductor, dynamic batch so that one compile serves every size."""
-    return torch.compile(fn, dynamic=True)
+    """The torch.compile provider: default inductor, dynamic batch so that one compile serves every size (a dry run
+    traces with the eager backend: the plumbing, not inductor's minutes of C++ builds on CPU)."""
+    return torch.compile(fn, dynamic=True, backend="eager" if DRY_RUN else "inductor")
 
 
 def measure(fn: Callable, rep: int, grad_to_none=None) -> tuple[float, float, float]:
     """(median, p20, p80) in ms."""
+    if DRY_RUN:
+        fn()
+        return 1.0, 1.0, 1.0
     import triton.testing
 
     p20, median, p80 = triton.testing.do_bench(fn, rep=rep, grad_to_none=grad_to_none, quantiles=[0.2, 0.5, 0.8])
@@ -76,13 +88,17 @@ def measure(fn: Callable, rep: int, grad_to_none=None) -> tuple[float, float, fl
 
 
 class Report:
-    """Rows of one benchmark: printed as they come, written as CSV at the end."""
+    """Rows of one benchmark: printed and appended to the CSV as they are measured, so that a run stopped by a
+    time limit keeps every row it finished."""
 
     def __init__(self, out: Path):
         self.out = out
         self.device = DEVICE
         self.gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
         self.rows: list[dict] = []
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.out, "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=FIELDS).writeheader()
         print(f"# {self.gpu}; torch {torch.__version__}")
 
     def add(self, times: tuple[float, float, float], nbytes: int, **fields) -> None:
@@ -90,6 +106,8 @@ class Report:
         times = dict(ms=ms, ms_p20=p20, ms_p80=p80, gbps=nbytes / ms / 1e6)
         row = {f: "" for f in FIELDS} | fields | dict(gpu=self.gpu) | times
         self.rows.append(row)
+        with open(self.out, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=FIELDS).writerow(row)
         print(
             f"{row['op']:>14} {row['mode']:>8} {row['provider']:>13} B={row['B']:<4} {ms:9.3f} ms  "
             f"{row['gbps']:8.1f} GB/s",
@@ -107,9 +125,5 @@ class Report:
         del src, dst
 
     def write(self) -> None:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        print(f"wrote {self.out}")
+        """The CSV is complete (every row was appended as it came)."""
+        print(f"wrote {len(self.rows)} rows to {self.out}")
