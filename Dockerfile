@@ -1,4 +1,5 @@
-# Training image: CUDA base, pinned requirements (torch 2.14.1 brings its own CUDA 13 libraries), the repo installed.
+# Training image: CUDA base, requirements at the versions of constraints.txt (torch 2.14.1 brings its own CUDA 13
+# libraries), the repo installed.
 #   docker build -t ssd_ds .
 #   source scripts/config_DGXA100.sh && CONT=ssd_ds DATADIR=/data/coco LOGDIR=/results scripts/run_with_docker.sh
 FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
@@ -11,8 +12,8 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /workspace/ssd_ds
-COPY requirements.txt .
-RUN pip install -r requirements.txt
+COPY requirements.txt constraints.txt ./
+RUN pip install -r requirements.txt -c constraints.txt
 COPY . .
 RUN pip install --no-deps --no-build-isolation -e .
 ENV DATADIR=/data LOGDIR=/results

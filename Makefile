@@ -1,15 +1,20 @@
 # The README's two set-up commands: `make demo` and `make test`. Each creates (or reuses) the virtual
-# environment in .venv, installs requirements.txt when it changed, then runs.
+# environment in .venv, installs requirements.txt at the versions pinned in constraints.txt when either changed,
+# builds DeepSpeed's JIT op for CPU collectives once (never first inside a test that kills processes), then runs.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# JIT-built ops per environment (ssd_ds.train sets the same default): torch < 2.14 guards builds with a lock file
+# that a killed build leaves behind, and a directory shared between torch versions hangs the older one.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: venv demo test
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -17,5 +22,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m ssd_ds.train --preset demo
 
+# The suite, then the kernels again under the GPU image's triton (3.6): interpreter tests and compile_check.
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+	PYTHON=$(PY) bash scripts/triton_compat.sh

@@ -1,9 +1,11 @@
 """Benchmarks that compare against a baseline measured in the same run and print ratios.
 
-`python -m ssd_ds.bench train [--model mlperf|cpu_small] [--batch N] [--steps N] [--compile]`: training-step
-throughput (forward, loss, backward, SGD step on synthetic tensors, no input pipeline) of the model in several
-configurations, each against fp32 NCHW eager measured in the same run: channels_last, bf16 autocast, both, and
-optionally torch.compile and the Triton loss (on CUDA).
+`python -m ssd_ds.bench train [--model mlperf|cpu_small] [--batch N[,N...]] [--steps N] [--compile]`: training-step
+throughput of the trainer's own step (`ssd_ds.train.train_step` on an engine built by `ssd_ds.speedups.build_engine`,
+DeepSpeed included; synthetic uint8 images and boxes already on the device, no input pipeline) in several
+configurations, each against fp32 NCHW eager at the same batch in the same run: channels_last, bf16 autocast, both,
+and on CUDA (or with --compile) the Triton kernels and the trainer's default configuration with torch.compile. Beside
+images/s: model FLOPs per image (torch.utils.flop_counter) and, on known GPUs, the fraction of the bf16 peak.
 
 `python -m ssd_ds.bench data --data DIR [--seconds S] [--input-size N]`: images per second on one core of the
 training input pipeline (decode + SPEC augmentation + normalise, with and without box encoding), side by side with
@@ -25,11 +27,11 @@ from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
 from ssd_ds.config import build_model_config
 from ssd_ds.data.coco import CocoDetection
-from ssd_ds.data.transforms import MEAN, STD, TrainTransform
+from ssd_ds.data.transforms import TrainTransform
 
 
 def torchvision_ssd_preset(input_size: int) -> v2.Compose:
-    """torchvision's detection-reference style SSD augmentation, ending in the same normalised tensor."""
+    """torchvision's detection-reference style SSD augmentation, ending in the same uint8 tensor as ours."""
     return v2.Compose([
         v2.RandomPhotometricDistort(),
         v2.RandomIoUCrop(),
@@ -37,8 +39,6 @@ def torchvision_ssd_preset(input_size: int) -> v2.Compose:
         v2.RandomHorizontalFlip(p=0.5),
         v2.Resize((input_size, input_size)),
         v2.PILToTensor(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(MEAN, STD),
     ])
 
 
@@ -87,61 +87,114 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_throughput(model_cfg, device, batch: int, steps: int, channels_last: bool, dtype, compiled: bool,
-                    kernels: str) -> float:
-    """Images/s of full training steps (after warm-up), median of `steps` timed steps."""
+# Dense bf16 tensor-core peak per GPU (vendor datasheets, SXM parts), for the utilisation column.
+BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0}
+
+
+def bf16_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
+def train_flops_per_image(model_cfg) -> float:
+    """FLOPs of one image's forward and backward through the model (torch.utils.flop_counter on meta tensors: shapes
+    only, nothing computed). The loss and the optimizer are elementwise and left out, as MFU figures do."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from ssd_ds.model import build_model
-    from ssd_ds.step import SSDTrainStep
-    from triton_kernels.select import ssd_loss_fn
+
+    with torch.device("meta"):
+        model = build_model(model_cfg)
+        images = torch.empty(1, 3, model_cfg.input_size, model_cfg.input_size)
+    with FlopCounterMode(display=False) as counter:
+        locs, logits = model(images)
+        (locs.sum() + logits.sum()).backward()
+    return float(counter.get_total_flops())
+
+
+def trainer_variants(device: torch.device, compile_too: bool) -> dict[str, dict]:
+    """name -> build_engine settings plus precision; the first is the baseline. The last is the trainer's default
+    configuration on this device (kernels, compile and encoding 'auto', bf16, channels_last)."""
+    bf16 = {"enabled": True, "dtype": "bfloat16"}
+    eager = dict(kernels="torch", compile="off", encode_on_device="off")
+    variants = {
+        "fp32 NCHW eager (baseline)": dict(eager, channels_last=False, autocast=None),
+        "fp32 channels_last": dict(eager, channels_last=True, autocast=None),
+        "bf16 autocast": dict(eager, channels_last=False, autocast=bf16),
+        "bf16 autocast + channels_last": dict(eager, channels_last=True, autocast=bf16),
+    }
+    if device.type == "cuda":
+        variants["bf16 + channels_last + Triton loss/encode"] = dict(kernels="triton", compile="off",
+                                                                     encode_on_device="on", channels_last=True,
+                                                                     autocast=bf16)
+    if compile_too or device.type == "cuda":
+        variants["trainer default (auto: compile, kernels, encode)"] = dict(kernels="auto", compile="on",
+                                                                            encode_on_device="auto",
+                                                                            channels_last=True, autocast=bf16)
+    return variants
+
+
+def step_throughput(model_cfg, device: torch.device, batch: int, steps: int, settings: dict) -> float:
+    """Images/s of the trainer's own step (`ssd_ds.train.train_step` on an engine from `speedups.build_engine`) on a
+    synthetic batch already on the device, median of `steps` timed steps after 3 warm-up steps."""
+    from ssd_ds.model import build_model
+    from ssd_ds.speedups import build_engine, synthetic_batch
+    from ssd_ds.train import train_step
 
     torch.manual_seed(0)
-    A, C, S = model_cfg.anchors.num_anchors, model_cfg.num_classes, model_cfg.input_size
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    step = SSDTrainStep(build_model(model_cfg), ssd_loss_fn(kernels)).to(device, memory_format=fmt)
-    if compiled:
-        step.compile()
-    optimizer = torch.optim.SGD(step.parameters(), lr=1e-3, momentum=0.9)
-    images = torch.randn(batch, 3, S, S, device=device).contiguous(memory_format=fmt)
-    loc_t = torch.randn(batch, A, 4, device=device)
-    labels_t = torch.randint(0, C, (batch, A), device=device) * (torch.rand(batch, A, device=device) < 0.05)
+    ds_config = {"train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1, "train_batch_size": batch,
+                 "gradient_clipping": 0.0}
+    if settings["autocast"]:
+        ds_config["torch_autocast"] = settings["autocast"]
+    built = build_engine(build_model(model_cfg).to(device), model_cfg, device, ds_config,
+                         kernels=settings["kernels"], compile=settings["compile"],
+                         encode_on_device=settings["encode_on_device"], channels_last=settings["channels_last"])
+    images, gt_ltrb, gt_labels = (t.to(device) for t in synthetic_batch(batch, model_cfg.input_size, 128))
+    if built.ops.encode is None:  # the loader workers would have encoded these: do it once, outside the timing
+        gt_ltrb, gt_labels = built.ops.coder.encode_batch(gt_ltrb, gt_labels, (gt_labels > 0).sum(dim=1))
     times = []
     for i in range(steps + 3):  # 3 warm-up steps (compilation, allocator, oneDNN/cuDNN autotuning)
         _sync(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss, _, _ = step(images, loc_t, labels_t)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(built.engine, (images, gt_ltrb, gt_labels, None), device, built.memory_format, built.ops.encode)
         _sync(device)
         if i >= 3:
             times.append(time.perf_counter() - start)
+    del built
     return batch / sorted(times)[len(times) // 2]
 
 
-def bench_train(args: argparse.Namespace) -> dict[str, float]:
+def bench_train(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Every variant at every batch against the fp32 NCHW eager baseline at the same batch, in one process."""
+    import deepspeed
+
+    from ssd_ds.train import setup_process_env
+
+    setup_process_env()  # one process: rendezvous variables; DeepSpeed's CPU accelerator where there is no GPU
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model_cfg = build_model_config(args.model, num_classes=args.num_classes)
-    configs = {  # name -> (channels_last, autocast dtype, compile, kernels)
-        "fp32 NCHW eager (baseline)": (False, None, False, "torch"),
-        "fp32 channels_last": (True, None, False, "torch"),
-        "bf16 autocast": (False, torch.bfloat16, False, "torch"),
-        "bf16 autocast + channels_last": (True, torch.bfloat16, False, "torch"),
-    }
-    if args.compile:
-        configs["bf16 + channels_last + torch.compile"] = (True, torch.bfloat16, True, "torch")
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
-        configs["bf16 + channels_last + Triton loss"] = (True, torch.bfloat16, False, "triton")
-        if args.compile:
-            configs["bf16 + channels_last + compile + Triton loss"] = (True, torch.bfloat16, True, "triton")
+        torch.cuda.set_device(device)
+    model_cfg = build_model_config(args.model, num_classes=args.num_classes)
+    flops = train_flops_per_image(model_cfg)
+    peak = args.peak_tflops or bf16_peak_tflops(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"training step, {args.model} ({model_cfg.input_size}x{model_cfg.input_size}, {model_cfg.num_classes} classes),"
-          f" batch {args.batch}, median of {args.steps} steps, {name}")
-    results = {}
-    for label, (cl, dtype, compiled, kernels) in configs.items():
-        results[label] = step_throughput(model_cfg, device, args.batch, args.steps, cl, dtype, compiled, kernels)
-        base = results["fp32 NCHW eager (baseline)"]
-        print(f"  {label:46s} {results[label]:9.1f} img/s   x{results[label] / base:.2f}")
+    print(f"training step (ssd_ds.train.train_step on speedups.build_engine), {args.model} "
+          f"({model_cfg.input_size}x{model_cfg.input_size}, {model_cfg.num_classes} classes), median of {args.steps} "
+          f"steps, {name}; model forward+backward {flops / 1e9:.2f} GFLOP/image"
+          + (f", bf16 peak {peak:.0f} TFLOP/s" if peak else ""))
+    results: dict[str, dict[str, float]] = {}
+    for batch in args.batch:
+        results[str(batch)] = {}
+        for label, settings in trainer_variants(device, args.compile).items():
+            rate = step_throughput(model_cfg, device, batch, args.steps, settings)
+            results[str(batch)][label] = rate
+            base = results[str(batch)]["fp32 NCHW eager (baseline)"]
+            util = f"  {rate * flops / (peak * 1e12):6.1%} of bf16 peak" if peak else ""
+            print(f"  batch {batch:4d}  {label:50s} {rate:9.1f} img/s   x{rate / base:.2f}  "
+                  f"{rate * flops / 1e12:7.2f} TFLOP/s{util}", flush=True)
     return results
 
 
@@ -155,9 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     train = sub.add_parser("train", help="training-step throughput against fp32 NCHW eager")
     train.add_argument("--model", default="cpu_small", help="model preset")
     train.add_argument("--num_classes", type=int, default=81)
-    train.add_argument("--batch", type=int, default=32)
+    train.add_argument("--batch", type=lambda s: [int(b) for b in s.split(",")], default=[32],
+                       help="micro-batch sizes, comma-separated (each variant at each)")
     train.add_argument("--steps", type=int, default=10)
-    train.add_argument("--compile", action="store_true", help="also time torch.compile (minutes on CPU)")
+    train.add_argument("--compile", action="store_true", help="also time torch.compile on CPU (always on CUDA)")
+    train.add_argument("--peak_tflops", type=float, default=None,
+                       help="bf16 peak of the device for the utilisation column (default: known GPUs' datasheet)")
     args = parser.parse_args(argv)
     if args.what == "data":
         bench_data(args)

@@ -68,6 +68,11 @@ class BoxCoder:
         self.dboxes_ltrb = dboxes_ltrb.float()
         self.dboxes_cxcywh = box_convert(self.dboxes_ltrb, "xyxy", "cxcywh")
 
+    def to(self, device: torch.device | str) -> "BoxCoder":
+        """The same coder with its default boxes on `device`: decoding and encoding read them beside the model's
+        outputs, so they must live where the model runs (a CPU copy beside CUDA outputs fails on mixed devices)."""
+        return BoxCoder(self.dboxes_ltrb.to(device))
+
     def encode_batch(
         self, gt_ltrb: torch.Tensor, gt_labels: torch.Tensor, num_gt: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,16 +23,30 @@ import torch
 import torch.distributed as dist
 
 from ssd_ds.box_coder import BoxCoder
+from ssd_ds.data.transforms import normalize_images
 from ssd_ds.postprocess import decode_scores, postprocess, to_coco_results
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
+def detect_batch(model, images: torch.Tensor, coder: BoxCoder, device: torch.device,
+                 autocast_dtype: torch.dtype | None = None, decode=decode_scores,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+    """The device half of evaluation: uint8 images [B,3,S,S] (any device) -> per image (boxes_ltrb [N,4] relative,
+    scores [N], labels [N]) on `device`. `coder` must hold its default boxes on `device` (BoxCoder.to)."""
+    images = normalize_images(images.to(device, non_blocking=True), memory_format)
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        locs, logits = model(images)
+    return postprocess(locs, logits, coder, decode=decode)
+
+
+@torch.no_grad()
 def predict(model, loader, coder: BoxCoder, label_to_category: dict[int, int], device: torch.device,
-            autocast_dtype: torch.dtype | None = None, draw: int = 0, decode=decode_scores):
+            autocast_dtype: torch.dtype | None = None, draw: int = 0, decode=decode_scores,
+            memory_format: torch.memory_format = torch.contiguous_format):
     """This rank's detections as an [N, 7] float64 array, the ids of the images it evaluated, the count of skipped
-    images, and up to `draw` examples `(image [3,S,S], boxes_ltrb relative, scores, labels)` for TensorBoard.
+    images, and up to `draw` examples `(image [3,S,S] uint8, boxes_ltrb relative, scores, labels)` for TensorBoard.
     `decode` is the torch or Triton decode+softmax (triton_kernels.select.decode_scores_fn)."""
     was_training = model.training
     model.eval()
@@ -42,10 +56,7 @@ def predict(model, loader, coder: BoxCoder, label_to_category: dict[int, int], d
         skipped += n_skipped
         if images is None:
             continue
-        images = images.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            locs, logits = model(images)
-        detections = postprocess(locs, logits, coder, decode=decode)
+        detections = detect_batch(model, images, coder, device, autocast_dtype, decode, memory_format)
         for (boxes, scores, labels), image in zip(detections, images):
             if len(examples) < draw:
                 examples.append((image.cpu(), boxes.cpu(), scores.cpu(), labels.cpu()))

@@ -2,8 +2,9 @@
 `deepspeed [--hostfile H] [--num_gpus N] ssd_ds/train.py --deepspeed_config ds_configs/X.json ...`.
 
 Built top to bottom in dependency order: config -> distributed -> run directory and logs -> data -> model ->
-speed-ups (kernel choice -> torch.compile -> deepspeed.initialize -> memory format) -> resume -> the loop. The step
-and the evaluation are their own small functions; run state is the few attributes of `RunState`.
+speed-ups (`ssd_ds.speedups.build_engine`: kernel choice -> torch.compile -> deepspeed.initialize -> memory format)
+-> resume -> warm-up -> the loop. The step and the evaluation are their own small functions; run state is the few
+attributes of `RunState`.
 """
 
 from __future__ import annotations
@@ -38,16 +39,16 @@ from ssd_ds.box_coder import BoxCoder  # noqa: E402
 from ssd_ds.config import build_model_config  # noqa: E402
 from ssd_ds.data.coco import CocoDetection  # noqa: E402
 from ssd_ds.data.synthetic import ensure_synthetic  # noqa: E402
-from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader  # noqa: E402
-from ssd_ds.data.transforms import MEAN, STD, EvalTransform, TrainTransform  # noqa: E402
+from ssd_ds.data.loaders import (DevicePrefetcher, TrainSampler, build_eval_loader, build_train_loader,  # noqa: E402
+                                 check_shared_memory)
+from ssd_ds.data.transforms import EvalTransform, TrainTransform, normalize_images  # noqa: E402
 from ssd_ds.evaluate import BackgroundEvaluator, gather_to_rank0, predict  # noqa: E402
 from ssd_ds.launch import check_local_rank, wait_for_rendezvous  # noqa: E402
 from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, MLPerfLogger  # noqa: E402
 from ssd_ds.model import build_model  # noqa: E402
 from ssd_ds.schedule import base_lr, lr_factor  # noqa: E402
-from ssd_ds.step import SSDTrainStep  # noqa: E402
+from ssd_ds.speedups import build_engine, build_optimizer, should_encode_on_device, warm_up  # noqa: E402
 from ssd_ds.train_config import TrainConfig, check_batch, config_from_args, should_evaluate  # noqa: E402
-from triton_kernels.select import decode_scores_fn, encode_fn, resolve_backend, ssd_loss_fn  # noqa: E402
 
 log = logging.getLogger("ssd_ds.train")
 
@@ -62,6 +63,10 @@ def setup_process_env() -> None:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # JIT-built ops (DeepSpeed's CPU shared-memory collective) in a directory of this environment's own: torch before
+    # 2.14 guards the build with a lock *file*, and one left by a killed build, or by another torch version sharing
+    # ~/.cache/torch_extensions, blocks every later start in FileBaton.wait, before any of the trainer's timeouts.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 
 @dataclass
@@ -74,6 +79,13 @@ class RunState:
     best_map: float = 0.0
     success: bool = False
     evals: dict = field(default_factory=dict)  # epoch -> stats
+
+
+def client_state(state: RunState, sampler: TrainSampler, cfg: TrainConfig) -> dict:
+    """What a checkpoint saves beside DeepSpeed's module, optimizer and scheduler: host data only (plain numbers and
+    CPU RNG states), so that a checkpoint of a GPU run reads anywhere."""
+    return {"run_state": asdict(state), "rng": checkpoint.rng_state(), "sampler": sampler.state_dict(),
+            "config": asdict(cfg)}
 
 
 def precision_of(ds_config: dict, path: str) -> torch.dtype | None:
@@ -112,10 +124,11 @@ def load_ds_config(path: str) -> dict:
 def train_step(engine, batch, device, memory_format, encode=None):
     """One micro-batch: forward, backward (DeepSpeed scales for accumulation), step at the boundary.
 
-    With `encode(gt_ltrb, gt_labels, num_gt)` the batch holds raw padded boxes, matched and encoded here on the device.
+    Images arrive as uint8 and are normalised here, on the device. With `encode(gt_ltrb, gt_labels, num_gt)` the batch
+    holds raw padded boxes, matched and encoded here on the device.
     """
     images, target_a, target_b, _ = batch
-    images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    images = normalize_images(images.to(device, non_blocking=True), memory_format)
     target_a, target_b = target_a.to(device, non_blocking=True), target_b.to(device, non_blocking=True)
     if encode is not None:
         target_a, target_b = encode(target_a, target_b, (target_b > 0).sum(dim=1))
@@ -169,58 +182,49 @@ class Trainer:
         self.train_set = CocoDetection(cfg.data, "train")
         self.val_set = CocoDetection(cfg.data, "val", skip_to_next=False)
 
-        # Model and box coder.
-        model_cfg = build_model_config(cfg.model, num_classes=self.train_set.num_classes,
-                                       backbone_weights=cfg.backbone_weights)
-        self.coder = BoxCoder(default_boxes_ltrb(model_cfg.anchors))
-        model = build_model(model_cfg)
-        self.kernels = resolve_backend(cfg.kernels, self.device)
-        self.encode = None  # box encoding in the DataLoader workers ...
-        if cfg.encode_on_device == "on" or (cfg.encode_on_device == "auto" and self.device.type == "cuda"):
-            dboxes = self.coder.dboxes_ltrb.to(self.device)
-            encode = encode_fn(self.kernels)
-            self.encode = lambda gt, labels, num_gt: encode(gt, labels, num_gt, dboxes)  # ... or on the device
-        self.train_set.transform = TrainTransform(model_cfg.input_size, None if self.encode else self.coder,
-                                                  CROP_MAX_SAMPLES, cfg.max_boxes)
+        # Transforms: boxes are encoded in the DataLoader workers (a CPU coder) or shipped raw for the device.
+        self.model_cfg = model_cfg = build_model_config(cfg.model, num_classes=self.train_set.num_classes,
+                                                        backbone_weights=cfg.backbone_weights)
+        on_device = should_encode_on_device(cfg.encode_on_device, self.device)
+        worker_coder = None if on_device else BoxCoder(default_boxes_ltrb(model_cfg.anchors))
+        self.train_set.transform = TrainTransform(model_cfg.input_size, worker_coder, CROP_MAX_SAMPLES, cfg.max_boxes)
         self.val_set.transform = EvalTransform(model_cfg.input_size)
 
         # Engine settings from the DeepSpeed JSON, checked against the world size.
         ds_config = load_ds_config(cfg.deepspeed_config)
         self.plan = check_batch(ds_config, cfg.deepspeed_config, self.world)
         ds_config.setdefault("train_batch_size", self.plan.global_batch)
-        ds_config.setdefault("steps_per_print", 10**9)
         self.autocast_dtype = precision_of(ds_config, cfg.deepspeed_config)
 
         self.sampler = TrainSampler(len(self.train_set), cfg.seed, self.rank, self.world)
         self.train_loader = build_train_loader(self.train_set, self.sampler, self.plan.micro_batch, cfg.workers,
-                                               pin_memory=self.device.type == "cuda")
+                                               pin_memory=self.device.type == "cuda", raw_boxes=on_device)
         self.iters_per_epoch = len(self.train_loader) // self.plan.accumulation
         if self.iters_per_epoch < 1:
             raise ValueError(f"{cfg.data}: {len(self.train_set)} training images give no full global batch of "
                              f"{self.plan.global_batch}")
-        self.eval_loader = build_eval_loader(self.val_set, self.rank, self.world, cfg.eval_batch, cfg.workers)
+        self.eval_loader = build_eval_loader(self.val_set, self.rank, self.world, cfg.eval_batch, cfg.workers,
+                                             pin_memory=self.device.type == "cuda")
+        S, A = model_cfg.input_size, model_cfg.anchors.num_anchors
+        per_image = 3 * S * S + (cfg.max_boxes * (4 * 4 + 8) if on_device else A * (4 * 4 + 8))  # uint8 + targets
+        shm_warning = check_shared_memory(self.plan.micro_batch * per_image, cfg.workers)
+        if shm_warning:
+            log.warning(shm_warning)
 
-        # Optimizer and schedule.
+        # Model, optimizer and schedule, then the speed-ups (ssd_ds/speedups.py says why in this order).
+        model = build_model(model_cfg).to(self.device)
         self.base_lr = base_lr(cfg.lr_arg, self.plan.global_batch)
-        optimizer = torch.optim.SGD(model.parameters(), lr=self.base_lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(
-            it, self.iters_per_epoch, cfg.warmup_iters, cfg.warmup_factor, cfg.decay_epochs, cfg.decay_factor))
-
-        # Speed-ups, in order: kernel choice -> torch.compile -> deepspeed.initialize -> memory format.
-        self.decode_scores = decode_scores_fn(self.kernels)
-        log.info("kernels: %s; box encoding on %s; device %s; world size %d", self.kernels,
-                 "the device" if self.encode else "the loader workers", self.device, self.world)
-        self.step_module = SSDTrainStep(model, ssd_loss_fn(self.kernels))
-        if cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda"):
-            self.step_module.compile()
-        self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=self.step_module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-        # Memory format last: DeepSpeed's start-up broadcast views each parameter as bytes, which needs the default
-        # layout; converting afterwards swaps the tensors under the same Parameter objects the optimizer holds.
-        # torch.compile traces lazily, at the first step, so it still sees the final layout.
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.engine.module.to(memory_format=self.memory_format)
+        self.built = build_engine(
+            model, model_cfg, self.device, ds_config, kernels=cfg.kernels, compile=cfg.compile,
+            encode_on_device=cfg.encode_on_device, channels_last=cfg.channels_last,
+            optimizer_fn=lambda m: build_optimizer(m, self.base_lr, cfg.momentum, cfg.weight_decay, self.device),
+            scheduler_fn=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(
+                it, self.iters_per_epoch, cfg.warmup_iters, cfg.warmup_factor, cfg.decay_epochs, cfg.decay_factor)))
+        self.engine, self.ops, self.memory_format = self.built.engine, self.built.ops, self.built.memory_format
+        self.scheduler = self.engine.lr_scheduler
+        log.info("kernels: %s; box encoding on %s; compiled: %s; device %s; world size %d", self.ops.backend,
+                 "the device" if self.ops.encode else "the loader workers", self.built.compiled, self.device,
+                 self.world)
 
         self.state = RunState()
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -230,6 +234,10 @@ class Trainer:
             self.state = RunState(**client["run_state"])
             checkpoint.set_rng_state(client["rng"])
             log.info("resumed from %s/%s at epoch %d, iteration %d", *where, self.state.epoch, self.state.iteration)
+        if cfg.warm_up == "on" or (cfg.warm_up == "auto" and (self.built.compiled or self.device.type == "cuda")):
+            t0 = time.perf_counter()
+            warm_up(self.built, self.plan.micro_batch, model_cfg.input_size, cfg.max_boxes)
+            log.info("warm-up (compile, autotuning) on synthetic tensors: %.1f s", time.perf_counter() - t0)
 
         self.evaluator = BackgroundEvaluator(self.val_set.ann_file, self.run_dir / "eval") if self.rank == 0 else None
         self.submitted_at: dict[int, int] = {}  # epoch -> iteration at which its evaluation was submitted
@@ -295,7 +303,7 @@ class Trainer:
         accum = self.plan.accumulation
         self.sampler.set_epoch(state.epoch, start=state.iter_in_epoch * accum * self.plan.micro_batch)
         micro_batches = (self.iters_per_epoch - state.iter_in_epoch) * accum
-        batches = iter(islice(self.train_loader, micro_batches))
+        batches = DevicePrefetcher(islice(self.train_loader, micro_batches), self.device)
         t_step = time.perf_counter()
         data_wait = 0.0
         while state.iter_in_epoch < self.iters_per_epoch and state.iteration < total:
@@ -303,7 +311,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 batch = next(batches)
                 data_wait += time.perf_counter() - t0
-                loss, loc, conf = train_step(self.engine, batch, self.device, self.memory_format, self.encode)
+                loss, loc, conf = train_step(self.engine, batch, self.device, self.memory_format, self.ops.encode)
             state.iteration += 1
             state.iter_in_epoch += 1
             self.pending_losses.append((state.iteration, loss, loc, conf))
@@ -365,7 +373,10 @@ class Trainer:
         img_s = steps * self.plan.global_batch / max(elapsed, 1e-9)
         iteration, loss, loc, conf = rows[-1]
         for it, l, lc, cf in rows:
-            self.metrics.write(json.dumps({"iteration": it, "loss": l, "loc": lc, "conf": cf}) + "\n")
+            record = {"iteration": it, "loss": l, "loc": lc, "conf": cf}
+            if it == iteration:  # the speed of the steps since the last record that carried it
+                record.update(images_per_s=img_s, data_wait_s_per_step=data_wait / steps)
+            self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
         w = self.writer
         w.add_scalar("loss/total", loss, iteration)
@@ -382,8 +393,7 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         self.check_finite()
-        client = {"run_state": asdict(self.state), "rng": checkpoint.rng_state(),
-                  "sampler": self.sampler.state_dict(), "config": asdict(self.cfg)}
+        client = client_state(self.state, self.sampler, self.cfg)
         tag = f"epoch{self.state.epoch:03d}_iter{self.state.iteration:07d}"
         checkpoint.save(self.engine, self.ckpt_dir, tag, client, self.cfg.keep_checkpoints)
 
@@ -393,8 +403,9 @@ class Trainer:
         self.mll.start(K.EVAL_START, metadata={"epoch_num": epoch})
         model = self.engine.module.model
         draw = self.cfg.eval_images_to_draw if self.rank == 0 else 0
-        rows, seen, skipped, examples = predict(model, self.eval_loader, self.coder, self.val_set.label_to_category,
-                                                self.device, self.autocast_dtype, draw, self.decode_scores)
+        rows, seen, skipped, examples = predict(model, self.eval_loader, self.ops.coder,
+                                                self.val_set.label_to_category, self.device, self.autocast_dtype,
+                                                draw, self.ops.decode_scores, self.memory_format)
         if skipped:
             log.warning("evaluation at epoch %d skipped %d unreadable images on rank %d", epoch, skipped, self.rank)
         gathered = gather_to_rank0((rows, seen, skipped))
@@ -416,11 +427,9 @@ class Trainer:
 
     def draw_examples(self, epoch: int, examples) -> None:
         for i, (image, boxes, scores, labels) in enumerate(examples):
-            pixels = (image * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]).clamp(0, 1)
-            pixels = (pixels * 255).to(torch.uint8)
             keep = scores > 0.3
             size = image.shape[-1]
-            drawn = draw_bounding_boxes(pixels, boxes[keep] * size,
+            drawn = draw_bounding_boxes(image, boxes[keep] * size,
                                         labels=[f"{l}:{s:.2f}" for l, s in zip(labels[keep].tolist(),
                                                                                 scores[keep].tolist())])
             self.writer.add_image(f"val/image_{i}", drawn, epoch)

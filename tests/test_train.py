@@ -212,3 +212,18 @@ def test_demo_preset_log_passes_the_checker_outright(tmp_path_factory):
     assert result.returncode == 0, output
     assert "open_ssd.yaml" in output and "SUCCESS" in output
     assert '"status": "success"' in (run_dir / "mlperf.log").read_text()
+
+
+def test_warm_up_before_run_start_leaves_training_unchanged(synthetic_dataset, tmp_path):
+    """Warm-up runs forward and backward on synthetic tensors before run_start; every loss and the evaluation (which
+    reads BatchNorm's running statistics) must be what they are without it."""
+    got, evals = {}, {}
+    for warm in ("off", "on"):
+        run_dir = tmp_path / warm
+        proc = run_train(train_args(synthetic_dataset, run_dir, "--epochs", "1", "--log_every", "1",
+                                    "--eval_epochs", "1", "--warm_up", warm))
+        assert ("warm-up (compile, autotuning) on synthetic tensors" in proc.stderr) == (warm == "on")
+        got[warm] = losses(run_dir)
+        evals[warm] = [m["stats"] for m in metrics(run_dir) if "eval_epoch" in m]
+    assert len(got["off"]) >= 5 and got["on"] == got["off"]
+    assert evals["on"] == evals["off"] and evals["off"][0] is not None

@@ -9,10 +9,17 @@ duplicates, whatever the world size).
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+from typing import Iterable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+log = logging.getLogger(__name__)
+
+PREFETCH_FACTOR = 2  # batches each worker keeps ready: enough to hide a slow JPEG, and each one sits in /dev/shm
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, epoch, position) over 63 bits
 
@@ -91,19 +98,34 @@ def collate_eval(batch):
     return images, [s[1] for s in kept], [s[2] for s in kept], skipped
 
 
+def collate_raw_boxes(batch):
+    """default_collate, then the raw padded boxes (for encoding on the device) trimmed to the batch's largest count
+    rounded up to a power of two (at least 8): the device's matching work is B x G x A, and COCO batches hold far
+    fewer than `max_boxes` boxes an image (mean 7, batch maxima ~40-90). Powers of two bound the encode kernel's
+    specialisations to five (G = 8 ... 128); the compiled model never sees G. Padding rows never match, so the
+    targets are the same."""
+    images, target_a, target_b, skipped = default_collate(batch)
+    count = int((target_b > 0).sum(dim=1).max()) if len(target_b) else 0
+    G = min(target_b.shape[1], max(8, 1 << max(count - 1, 0).bit_length()))
+    return images, target_a[:, :G].contiguous(), target_b[:, :G].contiguous(), skipped
+
+
 def _loader_kwargs(workers: int, pin_memory: bool) -> dict:
     kwargs = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
     if workers > 0:
-        kwargs["prefetch_factor"] = 4
+        kwargs["prefetch_factor"] = PREFETCH_FACTOR
     return kwargs
 
 
 def build_train_loader(
-    dataset: Dataset, sampler: TrainSampler, batch_size: int, workers: int, pin_memory: bool = False
+    dataset: Dataset, sampler: TrainSampler, batch_size: int, workers: int, pin_memory: bool = False,
+    raw_boxes: bool = False,
 ) -> DataLoader:
-    """Fixed-shape batches (drop_last) of (images, loc_t, labels_t, skipped)."""
+    """Full batches (drop_last) of (images uint8, loc_t, labels_t, skipped), or with `raw_boxes` (the transform ships
+    boxes for encoding on the device) of (images, boxes [B,G,4], labels [B,G], skipped), G trimmed per batch."""
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, drop_last=True, **_loader_kwargs(workers, pin_memory)
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+        collate_fn=collate_raw_boxes if raw_boxes else None, **_loader_kwargs(workers, pin_memory)
     )
 
 
@@ -115,3 +137,65 @@ def build_eval_loader(
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_eval, **_loader_kwargs(workers, pin_memory)
     )
+
+
+class DevicePrefetcher:
+    """The batches of an iterable, already on `device`. On CUDA the host-to-device copy of the next batch (from pinned
+    memory, on a side stream) runs while the current step computes, as NVIDIA's and torchvision's prefetchers do; on
+    other devices the batch is moved when it is taken. Tensors keep their dtype (images stay uint8 until the device
+    normalises them)."""
+
+    def __init__(self, batches: Iterable, device: torch.device):
+        self.batches = iter(batches)
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" and torch.cuda.is_available() else None
+        self.ready = self._load()
+
+    def _load(self):
+        batch = next(self.batches, None)
+        if batch is None:
+            return None
+        if self.stream is None:
+            return self._to_device(batch)
+        with torch.cuda.stream(self.stream):
+            return self._to_device(batch)
+
+    def _to_device(self, batch):
+        return tuple(t.to(self.device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch)
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        batch = self.ready
+        if batch is None:
+            raise StopIteration
+        if self.stream is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self.stream)
+            for t in batch:  # the side stream's memory is now used on the current stream: keep it until done there
+                if isinstance(t, torch.Tensor):
+                    t.record_stream(current)
+        self.ready = self._load()
+        return batch
+
+
+def shared_memory_needed(batch_bytes: int, workers: int, prefetch_factor: int = PREFETCH_FACTOR) -> int:
+    """Bytes of /dev/shm that the loader's ready batches occupy at once: each worker holds `prefetch_factor` batches,
+    and the batch being copied to the device is one more."""
+    return batch_bytes * (max(workers, 1) * prefetch_factor + 1)
+
+
+def check_shared_memory(batch_bytes: int, workers: int, shm: str = "/dev/shm") -> str | None:
+    """A warning naming the fix when the workers' batches may not fit in `shm` (a container's default is 64 MB: the
+    DataLoader then dies of a bus error mid-epoch), else None. Workers pass batches through shared memory."""
+    if workers == 0 or not os.path.isdir(shm):
+        return None
+    need = shared_memory_needed(batch_bytes, workers)
+    stats = os.statvfs(shm)
+    have = stats.f_bavail * stats.f_frsize
+    if need <= have:
+        return None
+    return (f"{shm} has {have / 2**20:.0f} MiB free but {workers} loader workers x {PREFETCH_FACTOR} prefetched "
+            f"batches of {batch_bytes / 2**20:.1f} MiB need about {need / 2**20:.0f} MiB: in Docker pass --ipc=host "
+            f"or --shm-size={math.ceil(2 * need / 2**30)}g, or lower --workers or the micro-batch")

@@ -189,3 +189,40 @@ def test_raw_boxes_for_device_encoding_match_worker_encoding(synthetic_dataset):
         loc_b, labels_b = encode_batch(boxes[None], labels[None], torch.tensor([n]), encoded.coder.dboxes_ltrb)
         assert torch.equal(labels_b[0], labels_t)
         assert torch.allclose(loc_b[0], loc_t, atol=1e-5)
+
+
+def test_images_ship_as_uint8_and_normalise_on_the_device_as_the_workers_did(synthetic_dataset):
+    from torchvision.transforms import v2
+
+    from ssd_ds.data.transforms import MEAN, STD, normalize_images
+
+    train = CocoDetection(synthetic_dataset, "train", transform=train_transform(7)[0])
+    val = CocoDetection(synthetic_dataset, "val", transform=EvalTransform(128), skip_to_next=False)
+    images = torch.stack([train[0][0], train[1][0], val[0][0]])
+    assert images.dtype == torch.uint8 and images.shape == (3, 3, 128, 128)
+    # What the workers computed per image before images shipped as uint8: the same values, bit for bit.
+    per_image = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    want = torch.stack([per_image(image) for image in images])
+    got = normalize_images(images, torch.channels_last)
+    assert got.dtype == torch.float32 and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, want)
+
+
+def test_raw_box_batches_are_trimmed_to_a_power_of_two_above_their_largest_count(synthetic_dataset):
+    from ssd_ds.box_coder import encode_batch
+
+    ds = CocoDetection(synthetic_dataset, "train")
+    encoded, cfg = train_transform(ds.num_classes)
+    ds.transform = TrainTransform(cfg.input_size, None, max_boxes=128)
+    loader = build_train_loader(ds, TrainSampler(len(ds), seed=3), batch_size=8, workers=0, raw_boxes=True)
+    for images, boxes, labels, _ in loader:
+        count = int((labels > 0).sum(dim=1).max())
+        G = boxes.shape[1]
+        assert labels.shape == (8, G) and images.shape == (8, 3, 128, 128)
+        assert G >= max(count, 8) and G & (G - 1) == 0 and (G == 8 or G < 2 * count)
+        # Trimming drops padding only: the same targets as the fully padded batch.
+        num_gt = (labels > 0).sum(dim=1)
+        padded = (torch.nn.functional.pad(boxes, (0, 0, 0, 128 - G)), torch.nn.functional.pad(labels, (0, 128 - G)))
+        want = encode_batch(*padded, num_gt, encoded.coder.dboxes_ltrb)
+        got = encode_batch(boxes, labels, num_gt, encoded.coder.dboxes_ltrb)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))

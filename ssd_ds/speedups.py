@@ -1,0 +1,181 @@
+"""Speed-ups, applied to the plain single-device model from one place and in the one order that works:
+kernel choice -> torch.compile -> deepspeed.initialize -> memory format.
+
+`build_engine` is what the trainer and `python -m ssd_ds.bench train` both call, so the benchmark times exactly the
+configuration that trains. Why this order: compile wraps the step module before DeepSpeed holds it; DeepSpeed's
+start-up broadcast views every parameter as bytes, which needs the default layout, so channels_last comes after it
+(converting then swaps the tensors under the same Parameter objects the optimizer holds), and torch.compile traces
+lazily, at the first step, so it still sees the final layout.
+
+Everything that lives on the device is built for the device here (`DeviceOps`): the default boxes that evaluation
+decodes against and that on-device encoding matches against. `tests/test_fake_cuda.py` runs these paths with fake
+CUDA tensors, which raise on any CPU tensor mixed into them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ssd_ds import checkpoint
+from ssd_ds.anchors import default_boxes_ltrb
+from ssd_ds.box_coder import BoxCoder
+from ssd_ds.config import ModelConfig
+from ssd_ds.data.transforms import normalize_images
+from ssd_ds.step import SSDTrainStep
+from triton_kernels.select import decode_scores_fn, encode_fn, resolve_backend, ssd_loss_fn
+
+
+@dataclass
+class DeviceOps:
+    """The ops of one run resolved for its device, with the default boxes they read on that device."""
+
+    backend: str  # "torch" or "triton" (triton_kernels.select)
+    device: torch.device
+    coder: BoxCoder  # default boxes on `device`: evaluation decodes and on-device encoding matches against them
+    loss: Callable  # loss(locs, logits, loc_t, labels_t) -> fp32 scalar
+    decode_scores: Callable  # decode_scores(locs, logits, dboxes_cxcywh, threshold) -> (boxes, scores)
+    encode: Callable | None  # encode(gt_ltrb, gt_labels, num_gt) -> (loc_t, labels_t) on `device`; None: workers do
+
+
+def should_encode_on_device(setting: str, device: torch.device) -> bool:
+    """--encode_on_device auto|on|off: auto matches and encodes on the GPU (NVIDIA's GPU box encoder) on CUDA."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def should_compile(setting: str, device: torch.device) -> bool:
+    """--compile auto|on|off: auto compiles on CUDA (on CPU compiling costs minutes and gains little)."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def apply_kernels(model_cfg: ModelConfig, device: torch.device, kernels: str = "auto",
+                  encode_on_device: str = "auto") -> DeviceOps:
+    """Pick the torch or Triton implementation of every op, bound to default boxes on `device`."""
+    backend = resolve_backend(kernels, device)
+    coder = BoxCoder(default_boxes_ltrb(model_cfg.anchors)).to(device)
+    encode = None
+    if should_encode_on_device(encode_on_device, device):
+        encode_batch = encode_fn(backend)
+        dboxes_ltrb = coder.dboxes_ltrb
+        encode = lambda gt_ltrb, gt_labels, num_gt: encode_batch(gt_ltrb, gt_labels, num_gt, dboxes_ltrb)  # noqa: E731
+    return DeviceOps(backend, device, coder, ssd_loss_fn(backend), decode_scores_fn(backend), encode)
+
+
+def apply_compile(step: SSDTrainStep, setting: str, device: torch.device) -> bool:
+    """torch.compile the model + loss module in place (traced lazily, at its first call); True when compiled."""
+    if should_compile(setting, device):
+        step.compile()
+        return True
+    return False
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float,
+                    device: torch.device) -> torch.optim.SGD:
+    """SGD with momentum on every parameter (SPEC section 7); on CUDA the fused implementation (one kernel for all
+    parameters instead of a launch per tensor)."""
+    fused = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, **fused)
+
+
+def engine_settings(ds_config: dict, device: torch.device) -> dict:
+    """DeepSpeed settings the trainer needs whatever the JSON says: no step printing, and on CUDA no throughput timer
+    (it calls torch.cuda.synchronize() twice per micro-step). A JSON that sets them keeps its own values."""
+    ds_config = dict(ds_config)
+    ds_config.setdefault("steps_per_print", 10**9)
+    if device.type == "cuda":
+        ds_config.setdefault("timers", {"throughput": {"enabled": False, "synchronized": False}})
+    return ds_config
+
+
+def init_deepspeed(step: SSDTrainStep, optimizer, scheduler, ds_config: dict):
+    """deepspeed.initialize around the (compiled) step module; imported here because DS_ACCELERATOR is read then."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=step, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine
+
+
+def apply_memory_format(engine, channels_last: bool) -> torch.memory_format:
+    """NHWC activations and weights for the cuDNN/oneDNN convolutions; after deepspeed.initialize (module doc)."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    engine.module.to(memory_format=memory_format)
+    return memory_format
+
+
+@dataclass
+class Engine:
+    """What the training step needs: the DeepSpeed engine and how batches are put on its device."""
+
+    engine: object  # deepspeed.DeepSpeedEngine around an SSDTrainStep
+    ops: DeviceOps
+    memory_format: torch.memory_format
+    compiled: bool
+
+
+def build_engine(model: torch.nn.Module, model_cfg: ModelConfig, device: torch.device, ds_config: dict, *,
+                 kernels: str = "auto", compile: str = "auto", encode_on_device: str = "auto",
+                 channels_last: bool = True, optimizer_fn: Callable | None = None,
+                 scheduler_fn: Callable | None = None) -> Engine:
+    """kernel choice -> torch.compile -> deepspeed.initialize -> memory format, on a model already on `device`.
+
+    optimizer_fn(model) builds the optimizer (default: SGD lr 1e-3 for benchmarks); scheduler_fn(optimizer) the LR
+    scheduler or None.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune each convolution once
+    ops = apply_kernels(model_cfg, device, kernels, encode_on_device)
+    step = SSDTrainStep(model, ops.loss)
+    compiled = apply_compile(step, compile, device)
+    optimizer = (optimizer_fn or (lambda m: build_optimizer(m, 1e-3, 0.9, 0.0, device)))(model)
+    scheduler = scheduler_fn(optimizer) if scheduler_fn else None
+    engine = init_deepspeed(step, optimizer, scheduler, engine_settings(ds_config, device))
+    memory_format = apply_memory_format(engine, channels_last)
+    return Engine(engine, ops, memory_format, compiled)
+
+
+def synthetic_batch(micro_batch: int, input_size: int, max_boxes: int, generator: torch.Generator | None = None):
+    """Random pixels and boxes in the shapes the loader ships (warm-up and benchmarks; no training data touched):
+    (images [B,3,S,S] uint8, gt_ltrb [B,max_boxes,4] relative, gt_labels [B,max_boxes]), 8 boxes an image."""
+    generator = generator or torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (micro_batch, 3, input_size, input_size), dtype=torch.uint8, generator=generator)
+    G = min(max_boxes, 8)
+    xy = torch.rand(micro_batch, G, 2, generator=generator) * 0.6
+    wh = 0.1 + torch.rand(micro_batch, G, 2, generator=generator) * 0.3
+    gt_ltrb = torch.zeros(micro_batch, max_boxes, 4)
+    gt_labels = torch.zeros(micro_batch, max_boxes, dtype=torch.int64)
+    gt_ltrb[:, :G] = torch.cat([xy, xy + wh], dim=2)
+    gt_labels[:, :G] = torch.randint(1, 2, (micro_batch, G), generator=generator)
+    return images, gt_ltrb, gt_labels
+
+
+def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, steps: int = 2) -> None:
+    """Run forward and backward on synthetic tensors so that torch.compile, cuDNN autotuning and the Triton kernels
+    compile before MLPerf's `run_start`, which forbids touching the training data earlier; then put back everything
+    a step changes (parameters' gradients, BatchNorm statistics, every RNG), so what trains is unchanged."""
+    from deepspeed.runtime.torch_autocast import autocast_if_enabled  # the autocast the engine's forward applies
+
+    engine, ops = built.engine, built.ops
+    step: SSDTrainStep = engine.module
+    saved_state = {k: v.clone() for k, v in step.state_dict().items()}
+    saved_rng = checkpoint.rng_state()
+    images, gt_ltrb, gt_labels = synthetic_batch(micro_batch, input_size, max_boxes)
+    images = normalize_images(images.to(ops.device), built.memory_format)
+    gt_ltrb, gt_labels = gt_ltrb.to(ops.device), gt_labels.to(ops.device)
+    num_gt = (gt_labels > 0).sum(dim=1)
+    for _ in range(steps):
+        encode = ops.encode or ops.coder.encode_batch
+        loc_t, labels_t = encode(gt_ltrb, gt_labels, num_gt)
+        with autocast_if_enabled(engine):
+            loss, _, _ = step(images, loc_t, labels_t)
+        loss.backward()
+        if not math.isfinite(float(loss.detach())):
+            raise FloatingPointError(f"warm-up loss is {float(loss)}: the model or loss is broken before training")
+    for p in step.parameters():
+        p.grad = None
+    step.load_state_dict(saved_state)
+    checkpoint.set_rng_state(saved_rng)
+    if ops.device.type == "cuda":
+        torch.cuda.synchronize(ops.device)

@@ -1,0 +1,49 @@
+"""The speed-up plumbing on CPU: DeepSpeed settings for CUDA, the device prefetcher, the shared-memory check."""
+
+import glob
+import json
+from pathlib import Path
+
+import torch
+from deepspeed.utils.config import get_timers_config
+
+from ssd_ds.data.loaders import DevicePrefetcher, check_shared_memory, shared_memory_needed
+from ssd_ds.speedups import engine_settings
+from tests.helpers import REPO
+
+
+def test_throughput_timer_is_off_on_cuda_and_a_config_keeps_its_own_choice():
+    on_cuda = engine_settings({"train_micro_batch_size_per_gpu": 8}, torch.device("cuda"))
+    timers = get_timers_config(on_cuda)  # what DeepSpeed's engine reads
+    assert not timers.enabled and not timers.synchronized
+    assert get_timers_config(engine_settings({}, torch.device("cpu"))).enabled  # DeepSpeed's default off CUDA
+    mine = {"timers": {"throughput": {"enabled": True, "synchronized": False}}}
+    kept = get_timers_config(engine_settings(mine, torch.device("cuda")))
+    assert kept.enabled and not kept.synchronized
+
+
+def test_every_gpu_config_turns_the_synchronising_timer_off():
+    configs = [Path(p) for p in glob.glob(str(REPO / "ds_configs" / "*.json")) if "cpu" not in Path(p).name]
+    assert len(configs) >= 7
+    for path in configs:
+        timers = get_timers_config(json.loads(path.read_text()))
+        assert not timers.enabled and not timers.synchronized, path.name
+
+
+def test_prefetcher_yields_every_batch_unchanged_on_the_device():
+    batches = [(torch.full((2, 3), i, dtype=torch.uint8), torch.tensor([i]), None) for i in range(3)]
+    got = list(DevicePrefetcher(batches, torch.device("cpu")))
+    assert len(got) == 3
+    for (a, b, c), (x, y, z) in zip(got, batches):
+        assert torch.equal(a, x) and a.dtype == torch.uint8 and torch.equal(b, y) and c is z
+    assert list(DevicePrefetcher([], torch.device("cpu"))) == []
+
+
+def test_shared_memory_check_names_the_docker_flags_when_batches_do_not_fit(tmp_path):
+    assert check_shared_memory(1024, workers=4, shm=str(tmp_path)) is None
+    assert check_shared_memory(10**15, workers=0, shm=str(tmp_path)) is None  # no workers, no shared memory
+    warning = check_shared_memory(10**15, workers=8, shm=str(tmp_path))
+    assert warning and "--ipc=host" in warning and "--shm-size=" in warning and str(tmp_path) in warning
+    # The H200 config: 456 uint8 images of 300x300 and raw boxes, 8 workers x 2 prefetched + 1 in flight.
+    batch = 456 * (3 * 300 * 300 + 128 * 24)
+    assert 2.0e9 < shared_memory_needed(batch, workers=8) < 2.2e9
