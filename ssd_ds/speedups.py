@@ -165,8 +165,8 @@ def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, st
     images = normalize_images(images.to(ops.device), built.memory_format)
     gt_ltrb, gt_labels = gt_ltrb.to(ops.device), gt_labels.to(ops.device)
     num_gt = (gt_labels > 0).sum(dim=1)
+    encode = ops.encode or ops.coder.encode_batch  # the workers' encoding, on the device, when they encode
     for _ in range(steps):
-        encode = ops.encode or ops.coder.encode_batch
         loc_t, labels_t = encode(gt_ltrb, gt_labels, num_gt)
         with autocast_if_enabled(engine):
             loss, _, _ = step(images, loc_t, labels_t)

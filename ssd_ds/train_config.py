@@ -44,7 +44,7 @@ class TrainConfig:
     compile: str = "auto"  # torch.compile of model+loss: auto (on for CUDA), on, off
     kernels: str = "auto"  # loss/decode/encode backend: auto (triton on CUDA), torch, triton
     encode_on_device: str = "auto"  # match+encode boxes on the device (auto: on CUDA) instead of in the loader workers
-    warm_up: str = "auto"  # compile/autotune on synthetic tensors before run_start: auto (when compiled or CUDA), on, off
+    warm_up: str = "auto"  # compile/autotune on synthetic data before run_start: auto (compiled or CUDA), on, off
     max_boxes: int = 128  # boxes per image shipped raw when encoding on the device (COCO 2017 train has <= 93)
     channels_last: bool = True  # NHWC activations (faster convolutions on GPUs and on oneDNN CPUs)
     checkpoint_every: int = 0  # also checkpoint every this many iterations (0: only at epoch ends)

@@ -36,7 +36,6 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 import ssd_ds.postprocess
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
-from ssd_ds.checkpoint import rng_state
 from ssd_ds.config import cpu_small
 from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler, build_eval_loader, build_train_loader

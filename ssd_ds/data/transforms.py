@@ -30,7 +30,8 @@ CROP_MIN_SIDE = 0.3  # w, h ~ U(0.3, 1) of the image
 CROP_MAX_ASPECT = 2.0  # reject w/h outside [0.5, 2]
 
 
-def normalize_images(images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+def normalize_images(images: torch.Tensor,
+                     memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """uint8 images [B,3,S,S] (on the device) -> fp32 scaled to [0, 1] and normalised with ImageNet's statistics.
 
     The same torchvision operations the workers used to apply per image, now on the batch: element for element the

@@ -3,8 +3,9 @@
 
 Inputs: a padded batch of G box slots per image (`--slots`, default 128, the trainer's `max_boxes`, and 64, a COCO
 batch's largest count rounded up as `ssd_ds.data.loaders.collate_raw_boxes` trims) with 1-G real boxes each, the
-8732 SSD300 default boxes. The two G show what trimming the padding per batch saves. The op is IoU-bound (B x G x A IoUs), so GB/s is low by nature; it is reported against
-the bytes the op must move: boxes, labels, counts and default boxes read, fp32 offsets and int64 labels written.
+8732 SSD300 default boxes; the two G show what trimming the padding per batch saves. The op is IoU-bound (B x G x A
+IoUs), so GB/s is low by nature; it is reported against the bytes the op must move: boxes, labels, counts and
+default boxes read, fp32 offsets and int64 labels written.
 
     python -m triton_kernels.benchmarks.bench_encode [--batches 32 256] [--out results/bench/bench_encode.csv]
 """
