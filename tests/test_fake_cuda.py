@@ -30,7 +30,7 @@ import contextlib
 
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 import ssd_ds.postprocess
@@ -46,6 +46,11 @@ from ssd_ds.speedups import apply_kernels, build_optimizer
 from ssd_ds.step import SSDTrainStep
 from ssd_ds.train import RunState, client_state, train_step
 from ssd_ds.train_config import demo
+
+try:
+    from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError
+except ImportError:  # torch 2.11 raises a RuntimeError that names both devices ("found two different devices")
+    FakeTensorDeviceMismatchError = RuntimeError
 
 CUDA = torch.device("cuda", 0)
 
