@@ -6,16 +6,24 @@
 - Category ids map to contiguous labels 1..K in the JSON's category order (0 is background); `label_to_category`
   maps back when writing detections.
 - Crowd annotations are trained as ordinary boxes, as the reference does.
-- Degenerate boxes (zero or negative width/height, or nothing left after clipping to the image) are dropped and
-  counted; images left without a box are dropped and counted (117,266 train / 4,952 val remain on COCO 2017).
+- Boxes partly outside the image are clipped to it and counted. Degenerate boxes (zero or negative width/height,
+  or nothing left after clipping) are dropped and counted; images left without a box are dropped and counted
+  (117,266 train / 4,952 val remain on COCO 2017).
+- A malformed file never ends in a KeyError from deep inside: one bad annotation (unknown category or image id, a
+  missing key, a bbox that is not 4 finite numbers, a bool or string for an id, a strange iscrowd) is dropped and
+  counted under its reason; a broken `images` or `categories` entry, a repeated id, or a top-level value that is
+  not a list is one ValueError naming the file and the entry. The start-up log line gives every non-zero count.
 - A missing or corrupt image is skipped with a warning and counted, never a crash: a training sample falls back to
   the next image (so batches keep their fixed shape), an evaluation sample comes back as None.
 """
 
 from __future__ import annotations
 
+import array
 import json
 import logging
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,19 +35,50 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 MAX_FALLBACKS = 16  # consecutive unreadable images tolerated before the dataset is declared broken
+MAX_IMAGE_SIDE = 2**24  # float32, which holds the boxes, is exact on every integer pixel coordinate up to here
+ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox")  # iscrowd may be absent (0)
 
 
 @dataclass
 class DatasetStats:
-    """What loading the annotations dropped, reported at start-up."""
+    """What loading the annotations kept, clipped and dropped (and why), reported at start-up."""
 
     images_in_json: int = 0
-    images_without_boxes: int = 0  # dropped: no annotation, or only degenerate ones
-    degenerate_boxes: int = 0  # dropped: empty after clipping to the image
+    annotations_in_json: int = 0
+    images_without_boxes: int = 0  # dropped: no annotation, or only dropped ones
+    degenerate_boxes: int = 0  # dropped: empty after clipping to the image (in float32, as boxes are stored)
+    unknown_category: dict[int, int] = field(default_factory=dict)  # dropped: category id -> annotations citing it
+    unknown_image: int = 0  # dropped: image_id not among the images
+    malformed: dict[str, int] = field(default_factory=dict)  # dropped: reason ("bad bbox", "no id", ...) -> count
+    clipped_boxes: int = 0  # kept: partly outside the image, clipped to it
     crowd_boxes: int = 0  # kept as ordinary boxes
     kept_images: int = 0
     kept_boxes: int = 0
-    per_category: dict[int, int] = field(default_factory=dict)
+    per_category: dict[int, int] = field(default_factory=dict)  # kept boxes per category id
+
+    @property
+    def dropped_boxes(self) -> int:
+        """Annotations not kept, whatever the reason: with kept_boxes they add up to annotations_in_json."""
+        return (
+            self.degenerate_boxes + sum(self.unknown_category.values()) + self.unknown_image
+            + sum(self.malformed.values())
+        )
+
+    def summary(self) -> str:
+        """One readable line; only the drop reasons that occurred are named."""
+        dropped = [f"{self.degenerate_boxes} degenerate"] if self.degenerate_boxes else []
+        if self.unknown_category:
+            dropped.append(f"{sum(self.unknown_category.values())} unknown category {self.unknown_category}")
+        if self.unknown_image:
+            dropped.append(f"{self.unknown_image} unknown image")
+        dropped += [f"{n} {reason}" for reason, n in self.malformed.items()]
+        boxes = [f"{self.clipped_boxes} clipped to the image"]
+        boxes += [f"dropped: {', '.join(dropped)}"] if dropped else []
+        boxes.append(f"{self.crowd_boxes} crowd kept")
+        return (
+            f"{self.kept_images} images kept of {self.images_in_json} ({self.images_without_boxes} without boxes "
+            f"dropped), {self.kept_boxes} boxes of {self.annotations_in_json} ({'; '.join(boxes)})"
+        )
 
 
 @dataclass(frozen=True)
@@ -80,28 +119,132 @@ def load_json(path: Path) -> dict:
     return data
 
 
-def parse_coco(data: dict, image_dir: Path) -> tuple[list[ImageRecord], dict[int, int], DatasetStats]:
-    """Kept images, the contiguous-label -> category-id map, and what was dropped."""
-    category_ids = [c["id"] for c in data["categories"]]
+def _is_id(value) -> bool:
+    """A COCO id: an int, and not a bool (which Python counts as one but JSON does not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value) -> bool:
+    """A finite real number, not a bool; an int too large for a float is not finite."""
+    if type(value) not in (int, float):  # JSON's number types; the slower ABC check only for the rare others
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _entries(data: dict, key: str, source: str | Path) -> list:
+    """data[key], which must be a list; anything else is not a COCO instances file."""
+    entries = data.get(key)
+    if not isinstance(entries, list):
+        raise ValueError(f"{source}: not a COCO instances file ('{key}' is {type(entries).__name__}, not a list)")
+    return entries
+
+
+def _index_by_id(entries: list, what: str, source: str | Path) -> dict[int, dict]:
+    """id -> entry for `images` or `categories`. A broken entry or a repeated id stops the load with one ValueError:
+    every annotation citing that id would be in doubt, so no count could say what was lost."""
+    by_id: dict[int, dict] = {}
+    index_of: dict[int, int] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{source}: {what}[{i}] is {type(entry).__name__}, not an object")
+        if not _is_id(entry.get("id")):
+            raise ValueError(f"{source}: {what}[{i}] has no integer id (id={entry.get('id')!r})")
+        if entry["id"] in by_id:
+            raise ValueError(f"{source}: {what}[{i}] repeats id {entry['id']} of {what}[{index_of[entry['id']]}]")
+        by_id[entry["id"]], index_of[entry["id"]] = entry, i
+    return by_id
+
+
+def _check_image(img: dict, source: str | Path) -> None:
+    """An image entry needs a file name and a positive size that float32 boxes can address."""
+    name = img.get("file_name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{source}: image {img['id']} has no file_name (file_name={name!r})")
+    for key in ("width", "height"):
+        size = img.get(key)
+        if not (_is_finite_number(size) and 0 < size <= MAX_IMAGE_SIDE):
+            raise ValueError(f"{source}: image {img['id']} has {key}={size!r}, not a number in (0, {MAX_IMAGE_SIDE}]")
+
+
+def _malformation(ann) -> str | None:
+    """Why one annotation cannot be read (its drop reason), or None when its fields have the right types."""
+    if not isinstance(ann, dict):
+        return "not an object"
+    for key in ANNOTATION_KEYS:
+        if key not in ann:
+            return f"no {key}"
+    for key in ("id", "image_id", "category_id"):
+        if not _is_id(ann[key]):
+            return f"bad {key}"
+    bbox = ann["bbox"]
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
+        return "bad bbox"
+    x, y, w, h = bbox  # unrolled: this runs once per annotation, 860k times on COCO
+    if not (_is_finite_number(x) and _is_finite_number(y) and _is_finite_number(w) and _is_finite_number(h)):
+        return "bad bbox"
+    iscrowd = ann.get("iscrowd", 0)
+    if not (_is_finite_number(iscrowd) and iscrowd in (0, 1)):  # 0.0 and 1.0 too: COCOeval reads them alike
+        return "bad iscrowd"
+    return None
+
+
+def parse_coco(
+    data: dict, image_dir: Path, source: str | Path = "annotations"
+) -> tuple[list[ImageRecord], dict[int, int], DatasetStats]:
+    """Kept images, the contiguous-label -> category-id map, and what was clipped and dropped.
+
+    `source` (the file) starts every error message. A problem in `images` or `categories` (not a list, an entry
+    that is not an object or lacks an integer id, a repeated id, an image without file_name or a positive size) is
+    one ValueError naming the entry: it puts every box citing that id in doubt. One bad annotation is dropped and
+    counted under its reason, as degenerate boxes always were, since merged and edited sets carry such rows.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: not a COCO instances file (a {type(data).__name__}, not an object)")
+    annotations = _entries(data, "annotations", source)
+    category_ids = list(_index_by_id(_entries(data, "categories", source), "categories", source))
     category_to_label = {cid: i + 1 for i, cid in enumerate(category_ids)}
-    stats = DatasetStats(images_in_json=len(data["images"]))
-    images = {img["id"]: img for img in data["images"]}
+    images = _index_by_id(_entries(data, "images", source), "images", source)
+    for img in images.values():
+        _check_image(img, source)
+    stats = DatasetStats(images_in_json=len(images), annotations_in_json=len(annotations))
+    first_malformed: dict[str, int] = {}  # reason -> index of its first annotation, for the warning
     per_image: dict[int, list[tuple[list[float], int]]] = {}
-    for ann in data["annotations"]:
+    for i, ann in enumerate(annotations):
+        reason = _malformation(ann)
+        if reason is not None:
+            stats.malformed[reason] = stats.malformed.get(reason, 0) + 1
+            first_malformed.setdefault(reason, i)
+            continue
         img = images.get(ann["image_id"])
         if img is None:
-            stats.degenerate_boxes += 1
+            stats.unknown_image += 1
+            continue
+        cid = ann["category_id"]
+        if cid not in category_to_label:
+            stats.unknown_category[cid] = stats.unknown_category.get(cid, 0) + 1
             continue
         x, y, w, h = ann["bbox"]
         l, t = max(x, 0.0), max(y, 0.0)
         r, b = min(x + w, img["width"]), min(y + h, img["height"])
-        if w <= 0 or h <= 0 or r <= l or b <= t:
+        # Judged as the float32 tensor will hold it, where a sliver can round to nothing; w <= 0 gives r <= l.
+        ltrb32 = array.array("f", (l, t, r, b))
+        if ltrb32[2] <= ltrb32[0] or ltrb32[3] <= ltrb32[1]:
             stats.degenerate_boxes += 1
             continue
+        stats.clipped_boxes += x < 0 or y < 0 or x + w > img["width"] or y + h > img["height"]
         stats.crowd_boxes += int(ann.get("iscrowd", 0))
-        label = category_to_label[ann["category_id"]]
-        stats.per_category[ann["category_id"]] = stats.per_category.get(ann["category_id"], 0) + 1
-        per_image.setdefault(img["id"], []).append(([l, t, r, b], label))
+        stats.per_category[cid] = stats.per_category.get(cid, 0) + 1
+        per_image.setdefault(img["id"], []).append(([l, t, r, b], category_to_label[cid]))
+    for reason, i in first_malformed.items():
+        ann_id = annotations[i].get("id") if isinstance(annotations[i], dict) else None
+        log.warning(
+            "%s: %d annotation(s) dropped: %s (first: annotations[%d], id %r)",
+            source, stats.malformed[reason], reason, i, ann_id,
+        )
     records = []
     for img in data["images"]:  # JSON order, so indices are stable across runs
         anns = per_image.get(img["id"])
@@ -138,17 +281,15 @@ class CocoDetection(torch.utils.data.Dataset):
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"{self.image_dir}: image directory not found")
         self.ann_file = annotation_file(root, split)
-        self.records, self.label_to_category, self.stats = parse_coco(load_json(self.ann_file), self.image_dir)
+        self.records, self.label_to_category, self.stats = parse_coco(
+            load_json(self.ann_file), self.image_dir, self.ann_file
+        )
         if not self.records:
             raise ValueError(f"{self.ann_file}: no image with a usable box")
         self.num_classes = len(self.label_to_category) + 1  # + background
         self.transform = transform
         self.skip_to_next = skip_to_next
-        log.info(
-            "%s: %d images kept of %d (%d without boxes dropped), %d boxes (%d degenerate dropped, %d crowd kept)",
-            self.ann_file, self.stats.kept_images, self.stats.images_in_json, self.stats.images_without_boxes,
-            self.stats.kept_boxes, self.stats.degenerate_boxes, self.stats.crowd_boxes,
-        )
+        log.info("%s: %s", self.ann_file, self.stats.summary())
 
     def __len__(self) -> int:
         return len(self.records)
