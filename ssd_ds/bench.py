@@ -221,4 +221,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ssd_ds.cli import run_cli
+
+    run_cli(main)

@@ -105,12 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         hosts = check_hostfile(args.hostfile, args.deepspeed_config, not args.no_ssh, args.ssh_port, args.timeout)
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"launch check failed: {exc}", file=sys.stderr)
-        return 1
+    except (OSError, ValueError, RuntimeError) as exc:  # every failed check is the user's to fix: no traceback
+        print(f"error: launch check failed: {exc}", file=sys.stderr)
+        return 2
     print(f"{args.hostfile}: {len(hosts)} hosts, {sum(hosts.values())} ranks; fits {args.deepspeed_config}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ssd_ds.cli import run_cli
+
+    run_cli(main)

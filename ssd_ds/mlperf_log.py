@@ -2,6 +2,13 @@
 
 Lines go to `<run_dir>/mlperf.log` (one `:::MLLOG {...}` JSON per line, flushed as written) and to stdout.
 `python -m mlperf_logging.compliance_checker --usage training --ruleset 0.7.0 <run_dir>/mlperf.log` checks them.
+
+A resumed run is a new segment of the same run: it never appends to `mlperf.log` (whose init block, submission keys
+and run_start must each occur once) but writes `mlperf.segment<k>.log` (k = 2, 3, ...), plainly marked as a
+continuation: a first comment line and a `ssd_ds_resumed_from` record (checkpoint, epoch, iteration) instead of the
+init block and submission keys, so the checker can never take it for a complete run. Then run_start, the epochs,
+evaluations and run_stop as usual. `python -m ssd_ds.mlperf_log <run_dir>/mlperf.log` adds up the segments: each
+from its run_start to its run_stop, or to its last record when it was killed.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 
 from mlperf_logging.mllog import mllog
@@ -17,16 +25,41 @@ from mlperf_logging.mllog import constants as K
 BENCHMARK = K.SSD
 ORG = "ssd_ds"
 CROP_MAX_SAMPLES = 1  # SPEC section 5: one crop candidate per draw (logged as max_samples)
+LOG_NAME = "mlperf.log"
+RESUMED_FROM = "ssd_ds_resumed_from"  # the first record of a continuation segment (not an MLPerf key)
+_SEGMENT = re.compile(r"mlperf\.segment(\d+)\.log")
+
+
+def segment_logs(first: Path) -> list[Path]:
+    """A run's logs in order: `first` (mlperf.log) and the `mlperf.segment<k>.log` of its resumed segments."""
+    first = Path(first)
+    numbered = sorted((int(m[1]), p) for p in first.parent.glob("mlperf.segment*.log")
+                      if (m := _SEGMENT.fullmatch(p.name)))
+    return [first] + [p for _, p in numbered]
+
+
+def next_segment_log(run_dir: Path) -> Path:
+    """Where a resumed segment logs: the first free `mlperf.segment<k>.log`, k >= 2."""
+    k = 2
+    while (Path(run_dir) / f"mlperf.segment{k}.log").exists():
+        k += 1
+    return Path(run_dir) / f"mlperf.segment{k}.log"
 
 
 class MLPerfLogger:
     """Thin wrapper over mllog.MLLogger that is a no-op on ranks other than 0."""
 
-    def __init__(self, path: Path | None, enabled: bool = True, echo: bool = False):
+    def __init__(self, path: Path | None, enabled: bool = True, echo: bool = False, header: str | None = None,
+                 mode: str = "a"):
+        """`header`: a comment line written first (a continuation segment says what it continues); `mode` "w"
+        starts the file afresh."""
         self.enabled = enabled and path is not None
         self.path = path
         if not self.enabled:
             return
+        with open(path, mode) as f:
+            if header is not None:
+                f.write(f"# {header}\n")
         logger = logging.getLogger(f"ssd_ds.mllog.{path}")
         logger.propagate = False
         logger.setLevel(logging.INFO)
@@ -87,15 +120,45 @@ class MLPerfLogger:
         self.event(K.OPT_LR_WARMUP_FACTOR, warmup_factor)
 
 
+def _records(path: Path) -> list[dict]:
+    """The `:::MLLOG` records of a log; a line that is not JSON is an error naming the file and line."""
+    records = []
+    for number, line in enumerate(Path(path).read_text(encoding="latin-1").splitlines(), start=1):
+        if ":::MLLOG" in line:
+            try:
+                records.append(json.loads(line.split(":::MLLOG", 1)[1]))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not an MLPerf log record ({exc})") from None
+    return records
+
+
+def segment_time(path: Path) -> tuple[float, str]:
+    """(seconds, status) of one segment: run_start to run_stop, or to its last record with status "interrupted"
+    when the segment was killed; a clear error when it never reached run_start."""
+    records = _records(path)
+    starts = [r for r in records if r["key"] == K.RUN_START]
+    if not starts:
+        raise ValueError(f"{path}: no {K.RUN_START} record (the segment did not start training)")
+    stops = [r for r in records if r["key"] == K.RUN_STOP]
+    end = stops[-1] if stops else records[-1]
+    status = stops[-1]["metadata"].get("status", "unknown") if stops else "interrupted"
+    return (end["time_ms"] - starts[0]["time_ms"]) / 1000, status
+
+
+def time_across_segments(first: Path) -> tuple[float, str, list[tuple[Path, float, str]]]:
+    """(total seconds, the last segment's status, per segment (log, seconds, status)) of a run and its resumed
+    segments. A single log must have finished (time_to_train's error otherwise)."""
+    logs = segment_logs(first)
+    if len(logs) == 1:
+        seconds, status = time_to_train(logs[0])
+        return seconds, status, [(logs[0], seconds, status)]
+    rows = [(log, *segment_time(log)) for log in logs]
+    return sum(r[1] for r in rows), rows[-1][2], rows
+
+
 def time_to_train(path: Path) -> tuple[float, str]:
     """(seconds from run_start to run_stop, run_stop status) of an MLPerf log; a clear error when either is missing."""
-    events = {}
-    for line in Path(path).read_text(encoding="latin-1").splitlines():
-        if ":::MLLOG" not in line:
-            continue
-        record = json.loads(line.split(":::MLLOG", 1)[1])
-        if record["key"] in (K.RUN_START, K.RUN_STOP):
-            events[record["key"]] = record
+    events = {r["key"]: r for r in _records(path) if r["key"] in (K.RUN_START, K.RUN_STOP)}
     for key in (K.RUN_START, K.RUN_STOP):
         if key not in events:
             raise ValueError(f"{path}: no {key} record (the run did not start or did not finish)")
@@ -104,14 +167,25 @@ def time_to_train(path: Path) -> tuple[float, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m ssd_ds.mlperf_log LOG`: print the time to train, as run_and_time.sh reports it."""
+    """`python -m ssd_ds.mlperf_log LOG`: print the time to train, as run_and_time.sh reports it (summed over the
+    resumed segments beside LOG, if any)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("log", type=Path)
     args = parser.parse_args(argv)
-    seconds, status = time_to_train(args.log)
+    if not args.log.is_file():
+        raise FileNotFoundError(f"{args.log}: MLPerf log not found")
+    seconds, status, rows = time_across_segments(args.log)
     print(f"RESULT,SSD,{seconds:.1f},{status}")
-    print(f"time to train: {seconds / 60:.2f} min ({status})")
+    if len(rows) > 1:
+        for log, s, st in rows:
+            print(f"  segment {log.name}: {s:.1f} s ({st})")
+        print(f"time to train: {seconds / 60:.2f} min over {len(rows)} segments ({status}); a resumed run is not a "
+              "valid MLPerf result")
+    else:
+        print(f"time to train: {seconds / 60:.2f} min ({status})")
 
 
 if __name__ == "__main__":
-    main()
+    from ssd_ds.cli import run_cli
+
+    run_cli(main)

@@ -64,4 +64,6 @@ def main(argv: list[str] | None = None) -> list[float]:
 
 
 if __name__ == "__main__":
-    main()
+    from ssd_ds.cli import run_cli
+
+    run_cli(main)

@@ -44,7 +44,7 @@ from ssd_ds.data.loaders import (DevicePrefetcher, TrainSampler, build_eval_load
 from ssd_ds.data.transforms import EvalTransform, TrainTransform, normalize_images  # noqa: E402
 from ssd_ds.evaluate import BackgroundEvaluator, gather_to_rank0, predict  # noqa: E402
 from ssd_ds.launch import check_local_rank, wait_for_rendezvous  # noqa: E402
-from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, MLPerfLogger  # noqa: E402
+from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, LOG_NAME, RESUMED_FROM, MLPerfLogger, next_segment_log  # noqa: E402
 from ssd_ds.model import build_model  # noqa: E402
 from ssd_ds.schedule import base_lr, lr_factor  # noqa: E402
 from ssd_ds.speedups import build_engine, build_optimizer, should_encode_on_device, warm_up  # noqa: E402
@@ -79,6 +79,50 @@ class RunState:
     best_map: float = 0.0
     success: bool = False
     evals: dict = field(default_factory=dict)  # epoch -> stats
+
+
+def holds_a_run(run_dir: Path) -> list[str]:
+    """The traces of a previous run that trained in `run_dir` (none when it is new, or when an earlier start failed
+    before training, e.g. on a bad config: such leftovers are overwritten)."""
+    found = []
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        found.append("checkpoints")
+    if (run_dir / LOG_NAME).is_file() and f'"key": "{K.RUN_START}"' in (run_dir / LOG_NAME).read_text("latin-1"):
+        found.append(LOG_NAME)
+    if (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size > 0:
+        found.append("metrics.jsonl")
+    return found
+
+
+def prepare_run_dir(cfg: TrainConfig) -> tuple[str, str | None]:
+    """(the directory this run writes to, or an error message). Two runs never share a directory: without --resume,
+    a directory holding a previous run is refused, or with --new_run_dir the next free `<run_dir>-<k>` is taken
+    (the demo preset does, so `make demo` works twice). `--resume auto` with no checkpoint yet starts afresh and
+    first moves the earlier attempt's files into `<run_dir>/attempt-<k>/`, so nothing is lost or mixed."""
+    run_dir = Path(cfg.run_dir)
+    found = holds_a_run(run_dir)
+    if not found or cfg.eval_only:
+        return str(run_dir), None
+    if cfg.resume == "auto" and checkpoint.find_resume("auto", run_dir / "checkpoints") is None:
+        k = 1
+        while (run_dir / f"attempt-{k}").exists():
+            k += 1
+        (run_dir / f"attempt-{k}").mkdir()
+        for name in (*found, "tensorboard", "eval", *(p.name for p in run_dir.glob("mlperf.segment*.log"))):
+            if (run_dir / name).exists():
+                os.replace(run_dir / name, run_dir / f"attempt-{k}" / name)
+        log.warning("%s: no checkpoint to resume; the earlier attempt's files moved to %s", run_dir,
+                    run_dir / f"attempt-{k}")
+        return str(run_dir), None
+    if cfg.resume is not None:
+        return str(run_dir), None
+    if cfg.new_run_dir:
+        k = 2
+        while holds_a_run(run_dir.with_name(f"{run_dir.name}-{k}")):
+            k += 1
+        return str(run_dir.with_name(f"{run_dir.name}-{k}")), None
+    return str(run_dir), (f"{run_dir}: holds a previous run ({', '.join(found)}); continue it with --resume auto, or "
+                          f"start a new run with a fresh --run_dir")
 
 
 def client_state(state: RunState, sampler: TrainSampler, cfg: TrainConfig) -> dict:
@@ -163,17 +207,33 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
 
-        # Run directory, logs.
-        self.run_dir = Path(cfg.run_dir)
+        # Run directory: one run per directory; a resumed run is a new segment of its run. Rank 0 decides, so that
+        # every rank writes to the same place and fails with the same message.
+        decided = [prepare_run_dir(cfg) if self.rank == 0 else None]
+        if self.world > 1:
+            dist.broadcast_object_list(decided, src=0)
+        run_dir, error = decided[0]
+        if error:
+            raise ValueError(error)
+        cfg.run_dir = run_dir
+        self.run_dir, self.ckpt_dir = Path(run_dir), Path(run_dir) / "checkpoints"
+        self.resume_from = checkpoint.find_resume(cfg.resume, self.ckpt_dir)
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.run_dir / "config.json")
         dist.barrier()
-        # An evaluation-only run is no MLPerf run: it writes no MLPerf log.
-        self.mll = MLPerfLogger(self.run_dir / "mlperf.log", enabled=self.rank == 0 and not cfg.eval_only)
-        self.mll.start(K.INIT_START)
-        self.mll.submission(cfg.division, cfg.submission_platform)
-        self.mll.event(K.CACHE_CLEAR, True)
+        # An evaluation-only run is no MLPerf run: it writes no MLPerf log. A resumed one writes its segment's log.
+        enabled = self.rank == 0 and not cfg.eval_only
+        if self.resume_from is None:
+            self.mll = MLPerfLogger(self.run_dir / LOG_NAME, enabled=enabled, mode="w")  # a start that failed is gone
+            self.mll.start(K.INIT_START)
+            self.mll.submission(cfg.division, cfg.submission_platform)
+            self.mll.event(K.CACHE_CLEAR, True)
+        else:
+            self.mll = MLPerfLogger(next_segment_log(self.run_dir), enabled=enabled, header=(
+                f"continuation of {LOG_NAME} in this directory, resumed from checkpoint "
+                f"{self.resume_from[0] / self.resume_from[1]}: not a complete MLPerf log (python -m ssd_ds.mlperf_log "
+                f"{self.run_dir / LOG_NAME} adds up the segments)"))
 
         # Data.
         if cfg.synthetic and self.rank == 0:
@@ -181,6 +241,7 @@ class Trainer:
         dist.barrier()
         self.train_set = CocoDetection(cfg.data, "train")
         self.val_set = CocoDetection(cfg.data, "val", skip_to_next=False)
+        self.check_box_counts(should_encode_on_device(cfg.encode_on_device, self.device))
 
         # Transforms: boxes are encoded in the DataLoader workers (a CPU coder) or shipped raw for the device.
         self.model_cfg = model_cfg = build_model_config(cfg.model, num_classes=self.train_set.num_classes,
@@ -227,13 +288,14 @@ class Trainer:
                  self.world)
 
         self.state = RunState()
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        where = checkpoint.find_resume(cfg.resume, self.ckpt_dir)
+        where = self.resume_from
         if where is not None:
             client = checkpoint.load(self.engine, where)
             self.state = RunState(**client["run_state"])
             checkpoint.set_rng_state(client["rng"])
             log.info("resumed from %s/%s at epoch %d, iteration %d", *where, self.state.epoch, self.state.iteration)
+            self.mll.event(RESUMED_FROM, str(where[0] / where[1]),
+                           metadata={"epoch": self.state.epoch, "iteration": self.state.iteration})
         if cfg.warm_up == "on" or (cfg.warm_up == "auto" and (self.built.compiled or self.device.type == "cuda")):
             t0 = time.perf_counter()
             warm_up(self.built, self.plan.micro_batch, model_cfg.input_size, cfg.max_boxes)
@@ -244,14 +306,27 @@ class Trainer:
         self.writer = None
         if self.rank == 0:
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        self.metrics = open(self.run_dir / "metrics.jsonl", "a") if self.rank == 0 else None
+        self.metrics = open(self.run_dir / "metrics.jsonl", "a" if where else "w") if self.rank == 0 else None
 
-        self.mll.hyperparameters(cfg.seed, self.plan.micro_batch, self.plan.global_batch, self.base_lr,
-                                 cfg.decay_epochs, cfg.weight_decay, cfg.warmup_iters, cfg.warmup_factor)
-        self.mll.event(K.TRAIN_SAMPLES, len(self.train_set))
-        self.mll.event(K.MAX_SAMPLES, CROP_MAX_SAMPLES)
-        self.mll.event(K.EVAL_SAMPLES, len(self.val_set))
-        self.mll.end(K.INIT_STOP)
+        if self.resume_from is None:  # the run's init block: once, in its first segment's log
+            self.mll.hyperparameters(cfg.seed, self.plan.micro_batch, self.plan.global_batch, self.base_lr,
+                                     cfg.decay_epochs, cfg.weight_decay, cfg.warmup_iters, cfg.warmup_factor)
+            self.mll.event(K.TRAIN_SAMPLES, len(self.train_set))
+            self.mll.event(K.MAX_SAMPLES, CROP_MAX_SAMPLES)
+            self.mll.event(K.EVAL_SAMPLES, len(self.val_set))
+            self.mll.end(K.INIT_STOP)
+
+    def check_box_counts(self, encode_on_device: bool) -> None:
+        """Raw boxes travel padded to --max_boxes when the device encodes them: an image with more would fail in a
+        loader worker mid-epoch, so the annotations are checked once, now. (Augmentation only removes boxes.)"""
+        if not encode_on_device:
+            return
+        most = max(self.train_set.records, key=lambda rec: len(rec.labels))
+        if len(most.labels) > self.cfg.max_boxes:
+            n = len(most.labels)
+            raise ValueError(f"{self.train_set.ann_file}: image {most.image_id} has {n} boxes, more than --max_boxes "
+                             f"{self.cfg.max_boxes} (boxes per image shipped for encoding on the device); pass "
+                             f"--max_boxes {n} or more (at most 256)")
 
     # --- the loop -------------------------------------------------------------------------------------------
     def run(self) -> RunState:
@@ -509,4 +584,6 @@ def main(argv: list[str] | None = None) -> RunState:
 
 
 if __name__ == "__main__":
-    main()
+    from ssd_ds.cli import run_cli
+
+    run_cli(main)

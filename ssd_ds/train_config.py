@@ -26,6 +26,7 @@ class TrainConfig:
     synthetic: bool = True  # generate the synthetic data set at `data` when it is absent
     deepspeed_config: str = "ds_configs/cpu_fp32.json"  # engine settings: batch, accumulation, precision
     run_dir: str = "runs/demo"  # checkpoints, logs, TensorBoard, resolved config
+    new_run_dir: bool = False  # run_dir holds a previous run: False refuses, True takes the next free run_dir-<k>
     seed: int = 1  # data order, augmentation and init
     epochs: int = 12  # maximum epochs; the run stops earlier at the target
     lr_arg: float = 3.2e-3  # base-LR rule input: base = 2.5e-3 * round(lr_arg / 2.5e-3 * global_batch / 32)
@@ -97,6 +98,7 @@ def demo() -> TrainConfig:
         eval_epochs=(6, 9, 12),
         eval_every=2,
         target_map=0.55,
+        new_run_dir=True,  # `make demo` twice: runs/demo, then runs/demo-2
         eval_batch=32,
         workers=1,
         threads=2,
@@ -161,6 +163,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError(f"--{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
     if cfg.epochs < 1 or cfg.eval_every < 1 or cfg.log_every < 1:
         raise ValueError("--epochs, --eval_every and --log_every must be >= 1")
+    if not 1 <= cfg.max_boxes <= 256:
+        raise ValueError(f"--max_boxes must be in 1..256 (the encode kernel's tile), got {cfg.max_boxes}")
     if list(cfg.decay_epochs) != sorted(cfg.decay_epochs):
         raise ValueError(f"--decay_epochs must be increasing, got {cfg.decay_epochs}")
 

@@ -106,11 +106,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
     try:
         written = write_bbox_only(args.annotations_dir)
     except (OSError, ValueError) as exc:
-        parser.exit(1, f"bbox_only: {exc}\n")
+        parser.exit(1, f"error: {exc}\n")
     for path in written:
         print(f"wrote {path}")
     return written
 
 
 if __name__ == "__main__":
-    main()
+    from ssd_ds.cli import run_cli
+
+    run_cli(main)
