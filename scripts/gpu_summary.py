@@ -50,12 +50,10 @@ def bench_results(path: Path) -> list[str]:
 def smoke_results(run_dir: Path) -> list[str]:
     """What a trainer run shows: its MLPerf log's time and status and eval_accuracy, its speed from metrics.jsonl."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from ssd_ds.mlperf_log import time_to_train
+    from ssd_ds.mlperf_log import log_records, time_to_train
 
     seconds, status = time_to_train(run_dir / "mlperf.log")
-    log = [json.loads(line.split(":::MLLOG", 1)[1]) for line in (run_dir / "mlperf.log").read_text().splitlines()
-           if ":::MLLOG" in line]
-    accuracy = [r["value"] for r in log if r["key"] == "eval_accuracy"]
+    accuracy = [r["value"] for r in log_records(run_dir / "mlperf.log") if r["key"] == "eval_accuracy"]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "iteration" in r]
     speeds = [r for r in steps if "images_per_s" in r]

@@ -161,7 +161,6 @@ def step_throughput(model_cfg, device: torch.device, batch: int, steps: int, set
         _sync(device)
         if i >= 3:
             times.append(time.perf_counter() - start)
-    del built
     return batch / sorted(times)[len(times) // 2]
 
 

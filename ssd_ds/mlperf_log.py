@@ -120,7 +120,7 @@ class MLPerfLogger:
         self.event(K.OPT_LR_WARMUP_FACTOR, warmup_factor)
 
 
-def _records(path: Path) -> list[dict]:
+def log_records(path: Path) -> list[dict]:
     """The `:::MLLOG` records of a log; a line that is not JSON is an error naming the file and line."""
     records = []
     for number, line in enumerate(Path(path).read_text(encoding="latin-1").splitlines(), start=1):
@@ -135,7 +135,7 @@ def _records(path: Path) -> list[dict]:
 def segment_time(path: Path) -> tuple[float, str]:
     """(seconds, status) of one segment: run_start to run_stop, or to its last record with status "interrupted"
     when the segment was killed; a clear error when it never reached run_start."""
-    records = _records(path)
+    records = log_records(path)
     starts = [r for r in records if r["key"] == K.RUN_START]
     if not starts:
         raise ValueError(f"{path}: no {K.RUN_START} record (the segment did not start training)")
@@ -158,7 +158,7 @@ def time_across_segments(first: Path) -> tuple[float, str, list[tuple[Path, floa
 
 def time_to_train(path: Path) -> tuple[float, str]:
     """(seconds from run_start to run_stop, run_stop status) of an MLPerf log; a clear error when either is missing."""
-    events = {r["key"]: r for r in _records(path) if r["key"] in (K.RUN_START, K.RUN_STOP)}
+    events = {r["key"]: r for r in log_records(path) if r["key"] in (K.RUN_START, K.RUN_STOP)}
     for key in (K.RUN_START, K.RUN_STOP):
         if key not in events:
             raise ValueError(f"{path}: no {key} record (the run did not start or did not finish)")

@@ -44,7 +44,8 @@ from ssd_ds.data.loaders import (DevicePrefetcher, TrainSampler, build_eval_load
 from ssd_ds.data.transforms import EvalTransform, TrainTransform, normalize_images  # noqa: E402
 from ssd_ds.evaluate import BackgroundEvaluator, gather_to_rank0, predict  # noqa: E402
 from ssd_ds.launch import check_local_rank, wait_for_rendezvous  # noqa: E402
-from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, LOG_NAME, RESUMED_FROM, MLPerfLogger, next_segment_log  # noqa: E402
+from ssd_ds.mlperf_log import (CROP_MAX_SAMPLES, LOG_NAME, RESUMED_FROM, MLPerfLogger, log_records,  # noqa: E402
+                               next_segment_log)
 from ssd_ds.model import build_model  # noqa: E402
 from ssd_ds.schedule import base_lr, lr_factor  # noqa: E402
 from ssd_ds.speedups import build_engine, build_optimizer, should_encode_on_device, warm_up  # noqa: E402
@@ -87,7 +88,7 @@ def holds_a_run(run_dir: Path) -> list[str]:
     found = []
     if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         found.append("checkpoints")
-    if (run_dir / LOG_NAME).is_file() and f'"key": "{K.RUN_START}"' in (run_dir / LOG_NAME).read_text("latin-1"):
+    if (run_dir / LOG_NAME).is_file() and any(r["key"] == K.RUN_START for r in log_records(run_dir / LOG_NAME)):
         found.append(LOG_NAME)
     if (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size > 0:
         found.append("metrics.jsonl")
@@ -241,12 +242,12 @@ class Trainer:
         dist.barrier()
         self.train_set = CocoDetection(cfg.data, "train")
         self.val_set = CocoDetection(cfg.data, "val", skip_to_next=False)
-        self.check_box_counts(should_encode_on_device(cfg.encode_on_device, self.device))
+        on_device = should_encode_on_device(cfg.encode_on_device, self.device)
+        self.check_box_counts(on_device)
 
         # Transforms: boxes are encoded in the DataLoader workers (a CPU coder) or shipped raw for the device.
-        self.model_cfg = model_cfg = build_model_config(cfg.model, num_classes=self.train_set.num_classes,
-                                                        backbone_weights=cfg.backbone_weights)
-        on_device = should_encode_on_device(cfg.encode_on_device, self.device)
+        model_cfg = build_model_config(cfg.model, num_classes=self.train_set.num_classes,
+                                       backbone_weights=cfg.backbone_weights)
         worker_coder = None if on_device else BoxCoder(default_boxes_ltrb(model_cfg.anchors))
         self.train_set.transform = TrainTransform(model_cfg.input_size, worker_coder, CROP_MAX_SAMPLES, cfg.max_boxes)
         self.val_set.transform = EvalTransform(model_cfg.input_size)

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+from ssd_ds.mlperf_log import log_records
 from tests.helpers import REPO, env, train_args
 from tests.test_train import checker, losses, run_train
 
@@ -12,8 +13,7 @@ SHORT = ("--epochs", "2", "--eval_epochs", "9", "--eval_every", "9", "--log_ever
 
 
 def mllog_keys(path):
-    return [json.loads(line.split(":::MLLOG", 1)[1])["key"] for line in path.read_text().splitlines()
-            if ":::MLLOG" in line]
+    return [record["key"] for record in log_records(path)]
 
 
 def test_a_resumed_run_logs_a_marked_continuation_segment_and_the_times_add_up(synthetic_dataset, tmp_path):

@@ -9,15 +9,12 @@ duplicates, whatever the world size).
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from typing import Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
-
-log = logging.getLogger(__name__)
 
 PREFETCH_FACTOR = 2  # batches each worker keeps ready: enough to hide a slow JPEG, and each one sits in /dev/shm
 
