@@ -114,7 +114,7 @@ smoke() {
            "torch_autocast": {"enabled": true, "dtype": "bfloat16"}}\n' "$MICRO" > "$WORK/ds_smoke.json"
   local port
   port=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-  deepspeed --num_gpus 1 --master_port "$port" ssd_ds/train.py --preset mlperf --model "$MODEL" \
+  deepspeed --num_gpus 1 --master_port "$port" --module ssd_ds.train --preset mlperf --model "$MODEL" \
     --backbone_weights none --data "$WORK/synthetic" --synthetic false --run_dir "$WORK/train_smoke" \
     --deepspeed_config "$WORK/ds_smoke.json" --epochs 1 --eval_epochs 1 --target_map 1.0 --division open \
     --compile "$COMPILE" --kernels triton --encode_on_device on --workers "$WORKERS" --eval_batch 64 \

@@ -21,7 +21,7 @@ ARGS=(--preset mlperf --data "$DATADIR" --run_dir "$RUN_DIR" --deepspeed_config 
 read -r -a EXTRA <<< "${EXTRA_PARAMS:-}"
 
 case "${LAUNCH:-deepspeed}" in
-  deepspeed) deepspeed --num_gpus "${DGXNGPU:-1}" ssd_ds/train.py "${ARGS[@]}" "${EXTRA[@]}" "$@" ;;
+  deepspeed) deepspeed --num_gpus "${DGXNGPU:-1}" --module ssd_ds.train "${ARGS[@]}" "${EXTRA[@]}" "$@" ;;
   direct) "$PYTHON" -m ssd_ds.train "${ARGS[@]}" "${EXTRA[@]}" "$@" ;;
   *) echo "run_and_time.sh: LAUNCH must be deepspeed or direct, got '${LAUNCH}'" >&2; exit 2 ;;
 esac

@@ -11,7 +11,7 @@ import math
 import torch
 from torchvision.ops import box_convert
 
-from ssd_ds.config import AnchorConfig
+from ssd_ds.model_config import AnchorConfig
 
 
 def default_boxes_cxcywh(cfg: AnchorConfig) -> torch.Tensor:

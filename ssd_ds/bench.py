@@ -1,7 +1,7 @@
 """Benchmarks that compare against a baseline measured in the same run and print ratios.
 
 `python -m ssd_ds.bench train [--model mlperf|cpu_small] [--batch N[,N...]] [--steps N] [--compile]`: training-step
-throughput of the trainer's own step (`ssd_ds.train.train_step` on an engine built by `ssd_ds.speedups.build_engine`,
+throughput of the trainer's own step (`ssd_ds.engine.train_step` on an engine built by `ssd_ds.speedups.build_engine`,
 DeepSpeed included; synthetic uint8 images and boxes already on the device, no input pipeline) in several
 configurations, each against fp32 NCHW eager at the same batch in the same run: channels_last, bf16 autocast, both,
 and on CUDA (or with --compile) the Triton kernels and the trainer's default configuration with torch.compile. Beside
@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
-from ssd_ds.config import build_model_config
+from ssd_ds.model_config import build_model_config
 from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.transforms import TrainTransform
 
@@ -136,11 +136,12 @@ def trainer_variants(device: torch.device, compile_too: bool) -> dict[str, dict]
 
 
 def step_throughput(model_cfg, device: torch.device, batch: int, steps: int, settings: dict) -> float:
-    """Images/s of the trainer's own step (`ssd_ds.train.train_step` on an engine from `speedups.build_engine`) on a
+    """Images/s of the trainer's own step (`ssd_ds.engine.train_step` on an engine from `speedups.build_engine`) on a
     synthetic batch already on the device, median of `steps` timed steps after 3 warm-up steps."""
+    from ssd_ds.data.batch import Batch
+    from ssd_ds.engine import train_step
     from ssd_ds.model import build_model
     from ssd_ds.speedups import build_engine, synthetic_batch
-    from ssd_ds.train import train_step
 
     torch.manual_seed(0)
     ds_config = {"train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1, "train_batch_size": batch,
@@ -150,14 +151,17 @@ def step_throughput(model_cfg, device: torch.device, batch: int, steps: int, set
     built = build_engine(build_model(model_cfg).to(device), model_cfg, device, ds_config,
                          kernels=settings["kernels"], compile=settings["compile"],
                          encode_on_device=settings["encode_on_device"], channels_last=settings["channels_last"])
-    images, gt_ltrb, gt_labels = (t.to(device) for t in synthetic_batch(batch, model_cfg.input_size, 128))
+    images, boxes, labels = (t.to(device) for t in synthetic_batch(batch, model_cfg.input_size, 128))
+    num_boxes = (labels > 0).sum(dim=1)
+    encoded = (None, None)
     if built.ops.encode is None:  # the loader workers would have encoded these: do it once, outside the timing
-        gt_ltrb, gt_labels = built.ops.coder.encode_batch(gt_ltrb, gt_labels, (gt_labels > 0).sum(dim=1))
+        encoded = built.ops.coder.encode_batch(boxes, labels, num_boxes)
+    on_device = Batch(images, boxes, labels, num_boxes, *encoded, skipped=0)
     times = []
     for i in range(steps + 3):  # 3 warm-up steps (compilation, allocator, oneDNN/cuDNN autotuning)
         _sync(device)
         start = time.perf_counter()
-        train_step(built.engine, (images, gt_ltrb, gt_labels, None), device, built.memory_format, built.ops.encode)
+        train_step(built.engine, on_device, built.memory_format, built.ops.encode)
         _sync(device)
         if i >= 3:
             times.append(time.perf_counter() - start)
@@ -168,7 +172,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Every variant at every batch against the fp32 NCHW eager baseline at the same batch, in one process."""
     import deepspeed
 
-    from ssd_ds.train import setup_process_env
+    from ssd_ds.distributed import setup_process_env
 
     setup_process_env()  # one process: rendezvous variables; DeepSpeed's CPU accelerator where there is no GPU
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -179,7 +183,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     flops = train_flops_per_image(model_cfg)
     peak = args.peak_tflops or bf16_peak_tflops(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"training step (ssd_ds.train.train_step on speedups.build_engine), {args.model} "
+    print(f"training step (ssd_ds.engine.train_step on speedups.build_engine), {args.model} "
           f"({model_cfg.input_size}x{model_cfg.input_size}, {model_cfg.num_classes} classes), median of {args.steps} "
           f"steps, {name}; model forward+backward {flops / 1e9:.2f} GFLOP/image"
           + (f", bf16 peak {peak:.0f} TFLOP/s" if peak else ""))

@@ -97,9 +97,6 @@ class BoxCoder:
         loc_t, labels_t = self.encode_batch(gt_ltrb[None], gt_labels[None], num_gt)
         return loc_t[0], labels_t[0]
 
-    def decode(self, locs: torch.Tensor) -> torch.Tensor:
-        """locs [...,A,4] offsets -> ltrb boxes [...,A,4] in relative coordinates."""
-        return decode_offsets(locs, self.dboxes_cxcywh)
 
 
 def encode_batch(

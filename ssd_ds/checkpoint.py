@@ -1,7 +1,7 @@
 """Atomic DeepSpeed checkpoints with the trainer's client state, and `--resume auto|PATH`.
 
 Layout: `<run_dir>/checkpoints/<tag>/` (DeepSpeed's files) and `<run_dir>/checkpoints/latest` (the tag). A save
-writes into `.<tag>.partial/`, then renames it to `<tag>/` and only then replaces `latest` (tmp file + os.replace):
+writes into `.<tag>.partial/`, then renames it to `<tag>/` and only then replaces `latest` (ssd_ds.fileio.atomic_write):
 a kill at any moment leaves `latest` naming a complete checkpoint. Needs a filesystem shared by all ranks (rank 0
 renames), as DeepSpeed's own `latest` does.
 """
@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from ssd_ds.fileio import atomic_write
 
 LATEST = "latest"
 
@@ -55,12 +57,7 @@ def save(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: int) -> Pat
         final = ckpt_dir / tag
         shutil.rmtree(final, ignore_errors=True)
         os.replace(ckpt_dir / partial, final)
-        tmp = ckpt_dir / f".{LATEST}.tmp"
-        with open(tmp, "w") as f:
-            f.write(tag)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, ckpt_dir / LATEST)
+        atomic_write(ckpt_dir / LATEST, tag)
         _prune(ckpt_dir, keep)
     _barrier()
     return ckpt_dir / tag

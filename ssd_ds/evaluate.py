@@ -14,16 +14,15 @@ import io
 import json
 import logging
 import multiprocessing as mp
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from ssd_ds.box_coder import BoxCoder
 from ssd_ds.data.transforms import normalize_images
+from ssd_ds.fileio import atomic_open, atomic_write
 from ssd_ds.postprocess import decode_scores, postprocess, to_coco_results
 
 log = logging.getLogger(__name__)
@@ -43,36 +42,27 @@ def detect_batch(model, images: torch.Tensor, coder: BoxCoder, device: torch.dev
 
 @torch.no_grad()
 def predict(model, loader, coder: BoxCoder, label_to_category: dict[int, int], device: torch.device,
-            autocast_dtype: torch.dtype | None = None, draw: int = 0, decode=decode_scores,
+            autocast_dtype: torch.dtype | None = None, images_to_draw: int = 0, decode=decode_scores,
             memory_format: torch.memory_format = torch.contiguous_format):
     """This rank's detections as an [N, 7] float64 array, the ids of the images it evaluated, the count of skipped
-    images, and up to `draw` examples `(image [3,S,S] uint8, boxes_ltrb relative, scores, labels)` for TensorBoard.
-    `decode` is the torch or Triton decode+softmax (triton_kernels.select.decode_scores_fn)."""
+    images, and up to `images_to_draw` examples `(image [3,S,S] uint8, boxes_ltrb relative, scores, labels)` for
+    TensorBoard. `decode` is the torch or Triton decode+softmax (triton_kernels.select.decode_scores_fn)."""
     was_training = model.training
     model.eval()
-    rows, seen, skipped, examples = [], [], 0, []
+    detections, seen, skipped, examples = [], [], 0, []
     for images, image_ids, sizes, n_skipped in loader:
         seen += image_ids
         skipped += n_skipped
         if images is None:
             continue
-        detections = detect_batch(model, images, coder, device, autocast_dtype, decode, memory_format)
-        for (boxes, scores, labels), image in zip(detections, images):
-            if len(examples) < draw:
+        per_image = detect_batch(model, images, coder, device, autocast_dtype, decode, memory_format)
+        for (boxes, scores, labels), image in zip(per_image, images):
+            if len(examples) < images_to_draw:
                 examples.append((image.cpu(), boxes.cpu(), scores.cpu(), labels.cpu()))
-        for r in to_coco_results(detections, image_ids, sizes, label_to_category):
-            rows.append([r["image_id"], *r["bbox"], r["score"], r["category_id"]])
+        for r in to_coco_results(per_image, image_ids, sizes, label_to_category):
+            detections.append([r["image_id"], *r["bbox"], r["score"], r["category_id"]])
     model.train(was_training)
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 7), seen, skipped, examples
-
-
-def gather_to_rank0(local):
-    """Every rank's `local` object as a list on rank 0 (None elsewhere); `[local]` without torch.distributed."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [local]
-    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(local, gathered, dst=0)
-    return gathered if dist.get_rank() == 0 else None
+    return np.asarray(detections, dtype=np.float64).reshape(-1, 7), seen, skipped, examples
 
 
 def coco_eval(ann_file: str, detections: np.ndarray) -> dict[str, float]:
@@ -95,16 +85,10 @@ def coco_eval(ann_file: str, detections: np.ndarray) -> dict[str, float]:
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
 def _eval_worker(ann_file: str, det_file: str, result_file: str) -> None:
     """Body of the background process: COCOeval of a detections file, result written atomically."""
     stats = coco_eval(ann_file, np.load(det_file))
-    _write_json_atomic(Path(result_file), stats)
+    atomic_write(result_file, json.dumps(stats))
 
 
 @dataclass
@@ -126,9 +110,8 @@ class BackgroundEvaluator:
 
     def submit(self, epoch: int, detections: np.ndarray) -> None:
         det_file = self.out_dir / f"epoch_{epoch}.npy"
-        tmp = self.out_dir / f"epoch_{epoch}.tmp.npy"
-        np.save(tmp, detections)
-        os.replace(tmp, det_file)
+        with atomic_open(det_file, "wb") as f:
+            np.save(f, detections)
         result_file = self.out_dir / f"epoch_{epoch}.json"
         result_file.unlink(missing_ok=True)
         process = self._ctx.Process(

@@ -10,7 +10,6 @@ gives ranks other than 0 a bounded wait for the master's rendezvous port with an
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import socket
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ssd_ds.train_config import check_batch
+from ssd_ds import ds_config
 
 _LINE = re.compile(r"^(?P<host>\S+)\s+slots=(?P<slots>\d+)$")
 
@@ -57,13 +56,13 @@ def reachable(host: str, port: int, timeout: float) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-def check_hostfile(hostfile: str, ds_config: str, ssh: bool = True, ssh_port: int = 22,
+def check_hostfile(hostfile: str, ds_config_path: str, ssh: bool = True, ssh_port: int = 22,
                    timeout: float = 5.0) -> dict[str, int]:
     """Raise with every problem found; return the hosts when the launch can go ahead."""
     hosts = parse_hostfile(hostfile)
     world = sum(hosts.values())
-    with open(ds_config) as f:
-        check_batch(json.load(f), ds_config, world)  # slots must match the config's batch arithmetic
+    # Slots must match the config's batch arithmetic (precision is not checked: this machine may have no GPU).
+    ds_config.check_batch(ds_config.read(ds_config_path), ds_config_path, world)
     if ssh:
         down = {h: why for h in hosts if (why := reachable(h, ssh_port, timeout)) is not None}
         if down:

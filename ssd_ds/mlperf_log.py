@@ -19,10 +19,10 @@ import logging
 import re
 from pathlib import Path
 
+from mlperf_logging.mllog import constants as keys
 from mlperf_logging.mllog import mllog
-from mlperf_logging.mllog import constants as K
 
-BENCHMARK = K.SSD
+BENCHMARK = keys.SSD
 ORG = "ssd_ds"
 CROP_MAX_SAMPLES = 1  # SPEC section 5: one crop candidate per draw (logged as max_samples)
 LOG_NAME = "mlperf.log"
@@ -92,11 +92,11 @@ class MLPerfLogger:
             self._logger.handlers.clear()
 
     def submission(self, division: str, platform: str) -> None:
-        self.event(K.SUBMISSION_BENCHMARK, BENCHMARK)
-        self.event(K.SUBMISSION_ORG, ORG)
-        self.event(K.SUBMISSION_DIVISION, division)
-        self.event(K.SUBMISSION_STATUS, "research")
-        self.event(K.SUBMISSION_PLATFORM, platform)
+        self.event(keys.SUBMISSION_BENCHMARK, BENCHMARK)
+        self.event(keys.SUBMISSION_ORG, ORG)
+        self.event(keys.SUBMISSION_DIVISION, division)
+        self.event(keys.SUBMISSION_STATUS, "research")
+        self.event(keys.SUBMISSION_PLATFORM, platform)
 
     def hyperparameters(
         self,
@@ -110,14 +110,30 @@ class MLPerfLogger:
         warmup_factor: float,
     ) -> None:
         """The SPEC section 8 hyperparameter keys, between init_start and init_stop."""
-        self.event(K.SEED, seed)
-        self.event(K.MODEL_BN_SPAN, bn_span)
-        self.event(K.GLOBAL_BATCH_SIZE, global_batch)
-        self.event(K.OPT_BASE_LR, base_lr)
-        self.event(K.OPT_LR_DECAY_BOUNDARY_EPOCHS, list(decay_epochs))
-        self.event(K.OPT_WEIGHT_DECAY, weight_decay)
-        self.event(K.OPT_LR_WARMUP_STEPS, warmup_iters)
-        self.event(K.OPT_LR_WARMUP_FACTOR, warmup_factor)
+        self.event(keys.SEED, seed)
+        self.event(keys.MODEL_BN_SPAN, bn_span)
+        self.event(keys.GLOBAL_BATCH_SIZE, global_batch)
+        self.event(keys.OPT_BASE_LR, base_lr)
+        self.event(keys.OPT_LR_DECAY_BOUNDARY_EPOCHS, list(decay_epochs))
+        self.event(keys.OPT_WEIGHT_DECAY, weight_decay)
+        self.event(keys.OPT_LR_WARMUP_STEPS, warmup_iters)
+        self.event(keys.OPT_LR_WARMUP_FACTOR, warmup_factor)
+
+
+def open_run_log(run_dir: Path, resumed_from: Path | None, enabled: bool, division: str,
+                 platform: str) -> MLPerfLogger:
+    """The log of this segment of the run in `run_dir`: a fresh `mlperf.log` opened with init_start, the submission
+    keys and cache_clear (a start that failed earlier is overwritten), or for a run resumed from the checkpoint
+    `resumed_from` the next continuation segment (module docstring)."""
+    if resumed_from is None:
+        mlperf = MLPerfLogger(Path(run_dir) / LOG_NAME, enabled=enabled, mode="w")
+        mlperf.start(keys.INIT_START)
+        mlperf.submission(division, platform)
+        mlperf.event(keys.CACHE_CLEAR, True)
+        return mlperf
+    return MLPerfLogger(next_segment_log(run_dir), enabled=enabled, header=(
+        f"continuation of {LOG_NAME} in this directory, resumed from checkpoint {resumed_from}: not a complete "
+        f"MLPerf log (python -m ssd_ds.mlperf_log {Path(run_dir) / LOG_NAME} adds up the segments)"))
 
 
 def log_records(path: Path) -> list[dict]:
@@ -136,10 +152,10 @@ def segment_time(path: Path) -> tuple[float, str]:
     """(seconds, status) of one segment: run_start to run_stop, or to its last record with status "interrupted"
     when the segment was killed; a clear error when it never reached run_start."""
     records = log_records(path)
-    starts = [r for r in records if r["key"] == K.RUN_START]
+    starts = [r for r in records if r["key"] == keys.RUN_START]
     if not starts:
-        raise ValueError(f"{path}: no {K.RUN_START} record (the segment did not start training)")
-    stops = [r for r in records if r["key"] == K.RUN_STOP]
+        raise ValueError(f"{path}: no {keys.RUN_START} record (the segment did not start training)")
+    stops = [r for r in records if r["key"] == keys.RUN_STOP]
     end = stops[-1] if stops else records[-1]
     status = stops[-1]["metadata"].get("status", "unknown") if stops else "interrupted"
     return (end["time_ms"] - starts[0]["time_ms"]) / 1000, status
@@ -158,12 +174,12 @@ def time_across_segments(first: Path) -> tuple[float, str, list[tuple[Path, floa
 
 def time_to_train(path: Path) -> tuple[float, str]:
     """(seconds from run_start to run_stop, run_stop status) of an MLPerf log; a clear error when either is missing."""
-    events = {r["key"]: r for r in log_records(path) if r["key"] in (K.RUN_START, K.RUN_STOP)}
-    for key in (K.RUN_START, K.RUN_STOP):
+    events = {r["key"]: r for r in log_records(path) if r["key"] in (keys.RUN_START, keys.RUN_STOP)}
+    for key in (keys.RUN_START, keys.RUN_STOP):
         if key not in events:
             raise ValueError(f"{path}: no {key} record (the run did not start or did not finish)")
-    seconds = (events[K.RUN_STOP]["time_ms"] - events[K.RUN_START]["time_ms"]) / 1000
-    return seconds, events[K.RUN_STOP]["metadata"].get("status", "unknown")
+    seconds = (events[keys.RUN_STOP]["time_ms"] - events[keys.RUN_START]["time_ms"]) / 1000
+    return seconds, events[keys.RUN_STOP]["metadata"].get("status", "unknown")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from ssd_ds.config import ModelConfig
+from ssd_ds.model_config import ModelConfig
 
 RESNET34_FILE = "resnet34-333f7ec4.pth"
 
@@ -122,7 +122,7 @@ def load_backbone_weights(trunk: ResNetTrunk, path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(
             f"backbone weights {path}: file not found; fetch it with scripts/download_resnet34.sh "
-            f"or train from random init (backbone_weights=None)"
+            f"or train from random init (--backbone_weights none)"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -150,9 +150,10 @@ def load_backbone_weights(trunk: ResNetTrunk, path: Path) -> None:
     trunk.load_state_dict(trunk_state, strict=True)
 
 
-def build_model(cfg: ModelConfig) -> SSD:
-    """The SSD for `cfg`, with backbone weights loaded when the config names them (random init otherwise)."""
+def build_model(cfg: ModelConfig, backbone_weights: str | None = None) -> SSD:
+    """The SSD for `cfg`; `backbone_weights` (a torchvision resnet34 file, or "imagenet" for the hub cache) loaded
+    onto its trunk, random init when None."""
     model = SSD(cfg)
-    if cfg.backbone_weights:
-        load_backbone_weights(model.backbone, resolve_backbone_weights(cfg.backbone_weights))
+    if backbone_weights:
+        load_backbone_weights(model.backbone, resolve_backbone_weights(backbone_weights))
     return model

@@ -1,16 +1,18 @@
-"""The MLPerf SSD learning-rate schedule (SPEC section 7): base-LR rule, linear warmup per iteration from the
-warmup factor, x decay_factor at the start of each boundary epoch.
+"""The MLPerf SSD schedule: the learning rate (SPEC section 7: base-LR rule, linear warmup per iteration from the
+warmup factor, x decay_factor at the start of each boundary epoch) and the evaluations with the blocks they make.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 LR_UNIT = 2.5e-3  # the base-LR rule rounds to multiples of this (SPEC section 7)
-LR_BATCH_UNIT = 32  # lr_arg is per this many images
+LR_BATCH_UNIT = 32  # lr_per_32 is per this many images
 
 
-def base_lr(lr_arg: float, global_batch: int) -> float:
-    """2.5e-3 x round((lr_arg / 2.5e-3) x global_batch / 32): 0.09 for lr_arg 3.2e-3 at batch 912."""
-    return LR_UNIT * round((lr_arg / LR_UNIT) * global_batch / LR_BATCH_UNIT)
+def base_lr(lr_per_32: float, global_batch: int) -> float:
+    """2.5e-3 x round((lr_per_32 / 2.5e-3) x global_batch / 32): 0.09 for 3.2e-3 at batch 912 (NVIDIA's `--lr`)."""
+    return LR_UNIT * round((lr_per_32 / LR_UNIT) * global_batch / LR_BATCH_UNIT)
 
 
 def lr_factor(
@@ -34,3 +36,38 @@ def lr_factor(
         if iteration >= epoch * iters_per_epoch:
             factor *= decay_factor
     return factor
+
+
+@dataclass(frozen=True)
+class EvalSchedule:
+    """When the run evaluates, and the MLPerf blocks that follows from it (SPEC section 8: a block is the epochs
+    between two evaluations, logged with block_start/block_stop)."""
+
+    eval_epochs: tuple[int, ...]  # evaluate after these 1-based epochs ...
+    eval_every: int  # ... then every this many epochs after the last of them
+    epochs: int  # and after the last epoch of the schedule
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether the run evaluates once 1-based `epoch` is complete."""
+        if epoch in self.eval_epochs or epoch == self.epochs:
+            return True
+        last = max(self.eval_epochs, default=0)
+        return epoch > last and (epoch - last) % self.eval_every == 0
+
+    def block_starts(self, epoch: int) -> bool:
+        """Whether a block starts with `epoch`: the first epoch, and every epoch after an evaluation."""
+        return epoch == 1 or self.evaluates_after(epoch - 1)
+
+    def block_first(self, epoch: int) -> int:
+        """The first epoch of the block holding `epoch`."""
+        first = epoch
+        while first > 1 and not self.evaluates_after(first - 1):
+            first -= 1
+        return first
+
+    def block_length(self, epoch: int) -> int:
+        """Epochs in the block that starts with `epoch`, up to and including its evaluation."""
+        last = epoch
+        while not self.evaluates_after(last):
+            last += 1
+        return last - epoch + 1

@@ -23,10 +23,16 @@ import torch
 from ssd_ds import checkpoint
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
-from ssd_ds.config import ModelConfig
 from ssd_ds.data.transforms import normalize_images
+from ssd_ds.ds_config import engine_settings
+from ssd_ds.model_config import ModelConfig
 from ssd_ds.step import SSDTrainStep
-from triton_kernels.select import decode_scores_fn, encode_fn, resolve_backend, ssd_loss_fn
+from triton_kernels.select import (
+    decode_scores_fn,
+    encode_fn,
+    resolve_backend,
+    ssd_loss_fn,
+)
 
 
 @dataclass
@@ -78,16 +84,6 @@ def build_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_d
     parameters instead of a launch per tensor)."""
     fused = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, **fused)
-
-
-def engine_settings(ds_config: dict, device: torch.device) -> dict:
-    """DeepSpeed settings the trainer needs whatever the JSON says: no step printing, and on CUDA no throughput timer
-    (it calls torch.cuda.synchronize() twice per micro-step). A JSON that sets them keeps its own values."""
-    ds_config = dict(ds_config)
-    ds_config.setdefault("steps_per_print", 10**9)
-    if device.type == "cuda":
-        ds_config.setdefault("timers", {"throughput": {"enabled": False, "synchronized": False}})
-    return ds_config
 
 
 def init_deepspeed(step: SSDTrainStep, optimizer, scheduler, ds_config: dict):
@@ -155,7 +151,9 @@ def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, st
     """Run forward and backward on synthetic tensors so that torch.compile, cuDNN autotuning and the Triton kernels
     compile before MLPerf's `run_start`, which forbids touching the training data earlier; then put back everything
     a step changes (parameters' gradients, BatchNorm statistics, every RNG), so what trains is unchanged."""
-    from deepspeed.runtime.torch_autocast import autocast_if_enabled  # the autocast the engine's forward applies
+    from deepspeed.runtime.torch_autocast import (
+        autocast_if_enabled,  # the autocast the engine's forward applies
+    )
 
     engine, ops = built.engine, built.ops
     step: SSDTrainStep = engine.module

@@ -14,7 +14,7 @@ def train_args(data, run_dir, *extra):
     """Trainer flags for a small, quick CPU run of the demo preset on `data`, writing to `run_dir`."""
     return ["--preset", "demo", "--data", str(data), "--synthetic", "false", "--run_dir", str(run_dir),
             "--deepspeed_config", CPU_TEST_CONFIG, "--workers", "1", "--threads", "1", "--progress", "false",
-            "--warmup_iters", "4", "--lr_arg", "1e-2", *extra]
+            "--warmup_iters", "4", "--lr_per_32", "1e-2", *extra]
 
 
 def env(**extra):

@@ -3,7 +3,7 @@ import math
 import torch
 
 from ssd_ds.anchors import default_boxes_cxcywh, default_boxes_ltrb
-from ssd_ds.config import mlperf
+from ssd_ds.model_config import mlperf
 
 # SPEC section 2, written out again here so the test does not read the code's config.
 FEATS = [38, 19, 10, 5, 3, 1]

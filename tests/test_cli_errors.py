@@ -66,7 +66,7 @@ def trainer_runs(synthetic_dataset, tmp_path_factory):
         "batch mismatch": (tmp / "mismatch.json", ["mismatch.json: train_batch_size 64 != "]),
     }
     module = [sys.executable, "-m", "ssd_ds.train"]
-    launcher = ["deepspeed", "--num_gpus", "1", "--master_port", str(free_port()), "ssd_ds/train.py"]
+    launcher = ["deepspeed", "--num_gpus", "1", "--master_port", str(free_port()), "--module", "ssd_ds.train"]
     cases = {}  # name -> (command, names)
     for name, (data, names) in data_cases.items():
         cases[name] = ([*module, *train_args(data, tmp / "runs" / name)], names)
@@ -74,7 +74,7 @@ def trainer_runs(synthetic_dataset, tmp_path_factory):
         args = train_args(synthetic_dataset, tmp / "runs" / name)
         args[args.index("--deepspeed_config") + 1] = str(config)
         cases[name] = ([*module, *args], names)
-    # Through DeepSpeed's launcher, and raised in train.py itself (a script there: a relative co_filename).
+    # Through DeepSpeed's launcher (`--module ssd_ds.train`: the package run as python -m on each rank).
     args = train_args(synthetic_dataset, tmp / "runs" / "launcher")
     args[args.index("--deepspeed_config") + 1] = str(tmp / "malformed.json")
     cases["malformed DeepSpeed config, deepspeed launcher"] = ([*launcher, *args], ["malformed.json: malformed JSON"])

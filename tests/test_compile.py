@@ -1,8 +1,8 @@
 import torch
 
-from ssd_ds.config import cpu_small
 from ssd_ds.loss import ssd_loss
 from ssd_ds.model import build_model
+from ssd_ds.model_config import cpu_small
 from ssd_ds.step import SSDTrainStep
 
 

@@ -24,9 +24,8 @@ What cannot run on fake tensors, and how it is covered instead:
   optimizer step).
 """
 
-from unittest import mock
-
 import contextlib
+from unittest import mock
 
 import pytest
 import torch
@@ -36,16 +35,21 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 import ssd_ds.postprocess
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
-from ssd_ds.config import cpu_small
 from ssd_ds.data.coco import CocoDetection
-from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler, build_eval_loader, build_train_loader
+from ssd_ds.data.loaders import (
+    DevicePrefetcher,
+    TrainSampler,
+    build_eval_loader,
+    build_train_loader,
+)
 from ssd_ds.data.transforms import EvalTransform, TrainTransform
+from ssd_ds.engine import RunState, client_state, train_step
 from ssd_ds.evaluate import detect_batch
 from ssd_ds.model import build_model
+from ssd_ds.model_config import cpu_small
+from ssd_ds.run_config import demo
 from ssd_ds.speedups import apply_kernels, build_optimizer
 from ssd_ds.step import SSDTrainStep
-from ssd_ds.train import RunState, client_state, train_step
-from ssd_ds.train_config import demo
 
 try:
     from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError
@@ -111,8 +115,7 @@ def train_batches(dataset, cfg, encode_on_device: bool, n: int = 1):
     train_set = CocoDetection(dataset, "train")
     coder = None if encode_on_device else BoxCoder(default_boxes_ltrb(cfg.anchors))
     train_set.transform = TrainTransform(cfg.input_size, coder, max_boxes=demo().max_boxes)
-    loader = build_train_loader(train_set, TrainSampler(len(train_set), seed=0), batch_size=2, workers=0,
-                                raw_boxes=encode_on_device)
+    loader = build_train_loader(train_set, TrainSampler(len(train_set), seed=0), batch_size=2, workers=0)
     batches = iter(loader)
     return [next(batches) for _ in range(n)]
 
@@ -147,7 +150,7 @@ def test_training_step_on_cuda(synthetic_dataset, kernels, encode_on_device):
         step = SSDTrainStep(model, ops.loss)
         engine = StandInEngine(step, plain_sgd(model), torch.bfloat16)
         for batch in DevicePrefetcher(batches, CUDA):
-            loss, loc, conf = train_step(engine, batch, CUDA, torch.channels_last, ops.encode)
+            loss, loc, conf = train_step(engine, batch, torch.channels_last, ops.encode)
             assert {loss.device, loc.device, conf.device} == {CUDA} and loss.dtype == torch.float32
         assert all(p.device == CUDA for p in model.state_dict().values())
 
@@ -189,7 +192,7 @@ def test_checkpoint_of_a_cuda_run_holds_host_state_and_device_weights(synthetic_
         ops = apply_kernels(cfg, CUDA, "torch", "on")
         model = cuda_model(cfg)
         engine = StandInEngine(SSDTrainStep(model, ops.loss), plain_sgd(model), None)
-        loss, _, _ = train_step(engine, batches[0], CUDA, torch.contiguous_format, ops.encode)
+        loss, _, _ = train_step(engine, batches[0].to(CUDA), torch.contiguous_format, ops.encode)
         state = RunState(epoch=1, iteration=1, best_map=0.0)
         client = client_state(state, sampler, demo())
         weights = engine.module.state_dict()

@@ -61,8 +61,8 @@ def test_a_dying_rank_ends_the_whole_run(synthetic_dataset, tmp_path):
     args = train_args(synthetic_dataset, run_dir, "--epochs", "50", "--log_every", "1", "--eval_epochs", "99",
                        "--dist_timeout", "180")
     log = open(tmp_path / "launcher.log", "w")
-    launcher = subprocess.Popen(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "ssd_ds/train.py",
-                                 *args], cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT)
+    launcher = subprocess.Popen(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "--module",
+                                 "ssd_ds.train", *args], cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     victim = None
     while victim is None and time.time() < deadline and launcher.poll() is None:
@@ -120,7 +120,8 @@ def test_two_nodes_in_network_namespaces(two_namespaces, synthetic_dataset, tmp_
     nodes = []
     for rank, (ns, dev) in enumerate(zip(NS, VETH)):
         cmd = ["ip", "netns", "exec", ns, "deepspeed", "--hostfile", "hostfiles/cpu_two_nodes", "--no_ssh",
-               "--node_rank", str(rank), "--master_addr", ADDR[0], "--master_port", "29581", "ssd_ds/train.py", *args]
+               "--node_rank", str(rank), "--master_addr", ADDR[0], "--master_port", "29581", "--module", "ssd_ds.train",
+               *args]
         # (port 29581 on 10.213.7.1 lives inside the test's own namespace: no clash with the host's ports)
         nodes.append(subprocess.Popen(cmd, cwd=REPO, env=env(GLOO_SOCKET_IFNAME=dev), text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT))

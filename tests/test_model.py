@@ -2,8 +2,8 @@ import pytest
 import torch
 import torchvision
 
-from ssd_ds.config import build_model_config, cpu_small, feature_sizes, mlperf
 from ssd_ds.model import build_model
+from ssd_ds.model_config import cpu_small, feature_sizes, mlperf
 
 
 def test_mlperf_model_size_and_shapes():
@@ -77,7 +77,7 @@ def _resnet34_file(tmp_path, state):
 def test_backbone_loads_torchvision_resnet34(tmp_path):
     reference = torchvision.models.resnet34()
     path = _resnet34_file(tmp_path, reference.state_dict())
-    model = build_model(build_model_config("mlperf", backbone_weights=str(path)))
+    model = build_model(mlperf(), backbone_weights=str(path))
     assert torch.equal(model.backbone.layer3[5].conv2.weight, reference.layer3[5].conv2.weight)
     assert torch.equal(model.backbone.bn1.running_var, reference.bn1.running_var)
 
@@ -85,17 +85,17 @@ def test_backbone_loads_torchvision_resnet34(tmp_path):
 def test_backbone_missing_file_names_it(tmp_path):
     path = tmp_path / "nope.pth"
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        build_model(build_model_config("mlperf", backbone_weights=str(path)))
+        build_model(mlperf(), backbone_weights=str(path))
 
 
 def test_backbone_truncated_file_names_it(tmp_path):
     path = _resnet34_file(tmp_path, torchvision.models.resnet34().state_dict())
     path.write_bytes(path.read_bytes()[: 100_000])
     with pytest.raises(ValueError, match="resnet34-333f7ec4.pth.*cannot be read"):
-        build_model(build_model_config("mlperf", backbone_weights=str(path)))
+        build_model(mlperf(), backbone_weights=str(path))
 
 
 def test_backbone_wrong_keys_names_it(tmp_path):
     path = _resnet34_file(tmp_path, torchvision.models.resnet18().state_dict())
     with pytest.raises(ValueError, match="resnet34-333f7ec4.pth.*not a torchvision resnet34"):
-        build_model(build_model_config("mlperf", backbone_weights=str(path)))
+        build_model(mlperf(), backbone_weights=str(path))

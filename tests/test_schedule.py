@@ -1,11 +1,12 @@
 import pytest
 
-from ssd_ds.schedule import base_lr, lr_factor
-from ssd_ds.train_config import BatchPlan, check_batch, demo, mlperf, should_evaluate
+from ssd_ds.ds_config import BatchPlan, check_batch
+from ssd_ds.run_config import demo, mlperf
+from ssd_ds.schedule import EvalSchedule, base_lr, lr_factor
 
 
 def test_base_lr_rule_matches_spec_systems():
-    # SPEC section 7: 2.5e-3 * round((lr_arg / 2.5e-3) * batch / 32).
+    # SPEC section 7: 2.5e-3 * round((lr_per_32 / 2.5e-3) * batch / 32).
     assert base_lr(3.2e-3, 912) == pytest.approx(0.09)  # DGX A100
     assert base_lr(2.92e-3, 960) == pytest.approx(0.0875)  # DGX-1: round(35.04) = 35
     assert base_lr(2.9e-3, 1536) == pytest.approx(0.14)  # 4x DGX-2H: round(55.68) = 56
@@ -29,10 +30,18 @@ def test_decay_at_boundary_epochs():
 
 
 def test_mlperf_evaluation_epochs():
-    cfg = mlperf()
-    evaluated = [e for e in range(1, 66) if should_evaluate(cfg, e)]
+    schedule = mlperf().eval_schedule
+    evaluated = [e for e in range(1, 66) if schedule.evaluates_after(e)]
     assert evaluated == [40, 50, 55, 60, 65]
-    assert should_evaluate(demo(), demo().epochs)
+    assert demo().eval_schedule.evaluates_after(demo().epochs)
+
+
+def test_blocks_run_from_one_evaluation_to_the_next():
+    schedule = EvalSchedule(eval_epochs=(3, 5), eval_every=2, epochs=8)  # evaluations after 3, 5, 7, 8
+    starts = [e for e in range(1, 9) if schedule.block_starts(e)]
+    assert starts == [1, 4, 6, 8]
+    assert [schedule.block_length(e) for e in starts] == [3, 2, 2, 1]
+    assert [schedule.block_first(e) for e in range(1, 9)] == [1, 1, 1, 4, 4, 6, 6, 8]
 
 
 def test_batch_arithmetic_checked_against_world_size():

@@ -1,6 +1,6 @@
-from ssd_ds import smoke
+from tests.smoke import train_steps
 
 
 def test_tiny_model_loss_falls():
-    losses = smoke.main(["--steps", "15", "--batch", "4"])
+    losses = train_steps(steps=15, batch=4)
     assert losses[-1] < 0.5 * losses[0]

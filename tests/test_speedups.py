@@ -7,8 +7,13 @@ from pathlib import Path
 import torch
 from deepspeed.utils.config import get_timers_config
 
-from ssd_ds.data.loaders import DevicePrefetcher, check_shared_memory, shared_memory_needed
-from ssd_ds.speedups import engine_settings
+from ssd_ds.data.batch import Batch
+from ssd_ds.data.loaders import (
+    DevicePrefetcher,
+    check_shared_memory,
+    shared_memory_needed,
+)
+from ssd_ds.ds_config import engine_settings
 from tests.helpers import REPO
 
 
@@ -31,11 +36,13 @@ def test_every_gpu_config_turns_the_synchronising_timer_off():
 
 
 def test_prefetcher_yields_every_batch_unchanged_on_the_device():
-    batches = [(torch.full((2, 3), i, dtype=torch.uint8), torch.tensor([i]), None) for i in range(3)]
+    batches = [Batch(torch.full((2, 3), i, dtype=torch.uint8), torch.zeros(2, 8, 4),
+                     torch.zeros(2, 8, dtype=torch.int64), torch.tensor([0, 0]), None, None, i) for i in range(3)]
     got = list(DevicePrefetcher(batches, torch.device("cpu")))
     assert len(got) == 3
-    for (a, b, c), (x, y, z) in zip(got, batches):
-        assert torch.equal(a, x) and a.dtype == torch.uint8 and torch.equal(b, y) and c is z
+    for batch, want in zip(got, batches):
+        assert isinstance(batch, Batch) and batch.images.dtype == torch.uint8 and batch.loc_t is None
+        assert all(torch.equal(a, b) for a, b in zip(batch.tensors(), want.tensors())) and batch.skipped == want.skipped
     assert list(DevicePrefetcher([], torch.device("cpu"))) == []
 
 

@@ -98,8 +98,8 @@ def test_fp16_blocks_and_batch_mismatch_are_clear_errors(synthetic_dataset, tmp_
 
 
 def deepspeed_run(args, num_gpus=2):
-    proc = subprocess.run(["deepspeed", "--num_gpus", str(num_gpus), "--master_port", str(free_port()), "ssd_ds/train.py",
-                           *args], cwd=REPO, env=env(),
+    proc = subprocess.run(["deepspeed", "--num_gpus", str(num_gpus), "--master_port", str(free_port()), "--module",
+                           "ssd_ds.train", *args], cwd=REPO, env=env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
@@ -134,7 +134,7 @@ def test_non_finite_loss_stops_with_iteration_and_keeps_checkpoint(synthetic_dat
     run_dir = tmp_path / "diverge"
     # An absurd learning rate makes the loss overflow within a few steps: a real divergence, not an injected NaN.
     args = train_args(synthetic_dataset, run_dir, "--epochs", "3", "--log_every", "1", "--checkpoint_every", "1",
-                      "--lr_arg", "1e4", "--warmup_iters", "1", "--eval_epochs", "9")
+                      "--lr_per_32", "1e4", "--warmup_iters", "1", "--eval_epochs", "9")
     proc = run_train(args, check=False)
     assert proc.returncode != 0
     assert "FloatingPointError: loss is" in proc.stderr and "at iteration" in proc.stderr
@@ -153,7 +153,7 @@ def test_closed_division_log_fails_only_on_accuracy(synthetic_dataset, tmp_path)
     args = train_args(synthetic_dataset, run_dir, "--epochs", "1", "--eval_epochs", "1")
     args[args.index("demo")] = "mlperf"
     args += ["--model", "cpu_small", "--backbone_weights", "none"]
-    for flag in ("--lr_arg", "--warmup_iters"):  # keep the benchmark's own values
+    for flag in ("--lr_per_32", "--warmup_iters"):  # keep the benchmark's own values
         i = args.index(flag)
         del args[i : i + 2]
     run_train(args)

@@ -2,6 +2,6 @@
 and encoding (`encode`), one file per op with its torch reference and its `torch.library` registration.
 
 Import-light on purpose: importing this package loads neither Triton nor any kernel. The trainer picks each op's
-backend through `triton_kernels.select` (`resolve_backend`, `ssd_loss_fn`, `decode_fn`, `decode_scores_fn`,
+backend through `triton_kernels.select` (`resolve_backend`, `ssd_loss_fn`, `decode_scores_fn`,
 `encode_fn`), which imports a kernel module only when its Triton backend is chosen.
 """

@@ -37,6 +37,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from ssd_ds.fileio import atomic_open
+
 # Per-SM limits (CUDA C Programming Guide, "Technical Specifications per Compute Capability"): register file,
 # resident warps and blocks, shared memory per SM and the most one block may use. Each block also reserves 1 KB.
 ARCH_LIMITS = {
@@ -93,12 +95,11 @@ def _cases() -> dict[str, Callable[[], None]]:
             def run_decode(dtype=dtype, layout=layout):
                 locs, logits = model_or_contiguous(layout, 4, dtype), model_or_contiguous(layout, C, dtype)
                 dboxes = torch.empty(A, 4, **meta)
-                decode._launch(locs, dboxes)
                 decode._launch(locs, dboxes, logits, 0.05)
 
             cases[f"loss {name}"] = run_loss
             cases[f"decode {name}"] = run_decode
-    # G: every power of two the loader trims raw boxes to (ssd_ds.data.loaders.collate_raw_boxes: 8 ... 128), the
+    # G: every power of two the loader trims raw boxes to (ssd_ds.data.batch.box_slots: 8 ... 128 for COCO), the
     # old fixed padding's 100 (a non-power of two) and the kernel's limit.
     for G in (8, 16, 32, 64, 100, 128, encode.MAX_BOXES):
 
@@ -304,12 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".partial")
-        with tmp.open("w", newline="") as f:
+        with atomic_open(args.out) as f:
             writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(Row)])
             writer.writeheader()
             writer.writerows(asdict(r) for r in rows)
-        tmp.replace(args.out)
     found = problems(rows, expected=None if cases == every else set())  # with --only, no coverage check
     for line in found:
         print(f"problem: {line}", file=sys.stderr)

@@ -1,18 +1,16 @@
-"""Box decoding (the inverse of SPEC section 3), optionally fused with the class softmax and score threshold of
-SPEC section 6, so that evaluation post-processing reads the logits once.
+"""Box decoding (the inverse of SPEC section 3) fused with the class softmax and score threshold of SPEC section 6,
+so that evaluation post-processing reads the logits once.
 
-Ops, registered as `torch.ops.ssd_kernels.*` (no gradients: evaluation only):
-- `decode_boxes(locs [B,A,4], dboxes_cxcywh [A,4]) -> boxes_ltrb [B,A,4] fp32`
-- `decode_scores(locs [B,A,4], logits [B,A,C], dboxes_cxcywh [A,4], score_threshold) ->
-  (boxes_ltrb [B,A,4] fp32, scores [B,A,C] fp32)`: one pass per anchor block reads the 4 offsets and the C logits,
-  writes the ltrb box and the softmax scores, and writes every score <= score_threshold as 0.
+The op, registered as `torch.ops.ssd_kernels.decode_scores` (no gradients: evaluation only):
+`decode_scores(locs [B,A,4], logits [B,A,C], dboxes_cxcywh [A,4], score_threshold) -> (boxes_ltrb [B,A,4] fp32,
+scores [B,A,C] fp32)`: one pass per anchor block reads the 4 offsets and the C logits, writes the ltrb box and the
+softmax scores, and writes every score <= score_threshold as 0.
 
 locs and logits may be fp32, bf16 or fp16, and strided (the model's outputs are transposed views, read in place);
 all arithmetic is fp32. The zeroed scores change nothing downstream:
 `ssd_ds.postprocess.detect_image` keeps only scores > threshold, and a zero is never kept.
 
-The references (the spec and the CPU fallback) are `ssd_ds.box_coder.decode_offsets` and
-`ssd_ds.postprocess.decode_scores`.
+The reference (the spec and the CPU fallback) is `ssd_ds.postprocess.decode_scores`.
 """
 
 from __future__ import annotations
@@ -22,19 +20,17 @@ import triton
 import triton.language as tl
 
 from ssd_ds.box_coder import SCALE_WH, SCALE_XY
-from ssd_ds.box_coder import decode_offsets as decode_boxes_reference
 from ssd_ds.postprocess import decode_scores as decode_scores_reference
 from triton_kernels._common import NAMESPACE, check_device, softmax_rows
 
-__all__ = ["decode_boxes", "decode_boxes_reference", "decode_scores", "decode_scores_reference"]
+__all__ = ["decode_scores", "decode_scores_reference"]
 
 
 @triton.jit
 def _decode_kernel(
     locs_ptr, dboxes_ptr, boxes_ptr, logits_ptr, scores_ptr,
     A, C, score_threshold, slb, sla, slk, sxb, sxa, sxc,
-    SCALE_XY: tl.constexpr, SCALE_WH: tl.constexpr,
-    WITH_SCORES: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr,
+    SCALE_XY: tl.constexpr, SCALE_WH: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # Grid (cdiv(A, BLOCK_A), B): one block of anchors of one image.
     b = tl.program_id(1).to(tl.int64)
@@ -61,58 +57,42 @@ def _decode_kernel(
     tl.store(boxes_ptr + row * 4 + 2, cx + 0.5 * w, mask=a_ok)
     tl.store(boxes_ptr + row * 4 + 3, cy + 0.5 * h, mask=a_ok)
 
-    if WITH_SCORES:
-        _, _, e, s = softmax_rows(logits_ptr, b * sxb + a * sxa, a_ok, C, sxc, BLOCK_C)
-        p = e / s[:, None]
-        c = tl.arange(0, BLOCK_C)
-        ok = a_ok[:, None] & (c < C)[None, :]
-        tl.store(scores_ptr + row[:, None] * C + c[None, :], tl.where(p > score_threshold, p, 0.0), mask=ok)
+    _, _, e, s = softmax_rows(logits_ptr, b * sxb + a * sxa, a_ok, C, sxc, BLOCK_C)
+    p = e / s[:, None]
+    c = tl.arange(0, BLOCK_C)
+    ok = a_ok[:, None] & (c < C)[None, :]
+    tl.store(scores_ptr + row[:, None] * C + c[None, :], tl.where(p > score_threshold, p, 0.0), mask=ok)
 
 
-def _check_shapes(locs: torch.Tensor, dboxes_cxcywh: torch.Tensor, logits: torch.Tensor | None = None) -> None:
+def _check_shapes(locs: torch.Tensor, dboxes_cxcywh: torch.Tensor, logits: torch.Tensor) -> None:
     if locs.dim() != 3 or locs.shape[2] != 4 or dboxes_cxcywh.shape != (locs.shape[1], 4):
         raise ValueError(
             "decode: want locs [B,A,4] and dboxes_cxcywh [A,4], "
             f"got {tuple(locs.shape)} and {tuple(dboxes_cxcywh.shape)}"
         )
-    if logits is not None and (logits.dim() != 3 or logits.shape[:2] != locs.shape[:2]):
+    if logits.dim() != 3 or logits.shape[:2] != locs.shape[:2]:
         raise ValueError(
             f"decode: want logits [B,A,C] with locs [B,A,4], got {tuple(logits.shape)} and {tuple(locs.shape)}"
         )
 
 
-def _launch(locs, dboxes_cxcywh, logits=None, score_threshold=0.0):
-    """(boxes, scores or None). locs and logits are read in place whatever their strides (the model's are views)."""
+def _launch(locs, dboxes_cxcywh, logits, score_threshold):
+    """(boxes, scores). locs and logits are read in place whatever their strides (the model's are views)."""
     _check_shapes(locs, dboxes_cxcywh, logits)
-    check_device("decode", locs, dboxes_cxcywh, *([] if logits is None else [logits]))
+    check_device("decode", locs, dboxes_cxcywh, logits)
     B, A, _ = locs.shape
-    with_scores = logits is not None
-    C = logits.shape[2] if with_scores else 1
+    C = logits.shape[2]
     boxes = locs.new_empty((B, A, 4), dtype=torch.float32)
-    scores = logits.new_empty((B, A, C), dtype=torch.float32) if with_scores else None
+    scores = logits.new_empty((B, A, C), dtype=torch.float32)
     block_c = triton.next_power_of_2(C)
-    block_a = max(1, 4096 // block_c) if with_scores else 256  # a 4096-value logits tile per program
+    block_a = max(1, 4096 // block_c)  # a 4096-value logits tile per program
     if B * A > 0:
         _decode_kernel[(triton.cdiv(A, block_a), B)](
             locs, dboxes_cxcywh.float().contiguous(), boxes, logits, scores, A, C, score_threshold,
-            *locs.stride(), *(logits.stride() if with_scores else (0, 0, 0)),
-            SCALE_XY=SCALE_XY, SCALE_WH=SCALE_WH, WITH_SCORES=with_scores, BLOCK_A=block_a, BLOCK_C=block_c,
-            num_warps=4,
+            *locs.stride(), *logits.stride(),
+            SCALE_XY=SCALE_XY, SCALE_WH=SCALE_WH, BLOCK_A=block_a, BLOCK_C=block_c, num_warps=4,
         )
     return boxes, scores
-
-
-@torch.library.custom_op(f"{NAMESPACE}::decode_boxes", mutates_args=())
-def decode_boxes(locs: torch.Tensor, dboxes_cxcywh: torch.Tensor) -> torch.Tensor:
-    """locs [B,A,4] offsets -> ltrb boxes [B,A,4] fp32, relative coordinates (Triton)."""
-    return _launch(locs, dboxes_cxcywh)[0]
-
-
-@decode_boxes.register_fake
-def _decode_boxes_fake(locs, dboxes_cxcywh):
-    _check_shapes(locs, dboxes_cxcywh)
-    check_device("decode", locs, dboxes_cxcywh)  # fake tensors too: a traced or fake-CUDA run fails where a GPU would
-    return locs.new_empty(locs.shape, dtype=torch.float32)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::decode_scores", mutates_args=())

@@ -18,7 +18,6 @@ BACKENDS = ("auto", "torch", "triton")
 # op -> (torch reference, Triton kernel), as "module:function". Both sides take and return the same tensors.
 OPS = {
     "ssd_loss": ("ssd_ds.loss:ssd_loss", "triton_kernels.loss:ssd_loss"),
-    "decode": ("ssd_ds.box_coder:decode_offsets", "triton_kernels.decode:decode_boxes"),
     "decode_scores": ("ssd_ds.postprocess:decode_scores", "triton_kernels.decode:decode_scores"),
     "encode": ("ssd_ds.box_coder:encode_batch", "triton_kernels.encode:encode_batch"),
 }
@@ -66,11 +65,6 @@ def op_fn(op: str, backend: str) -> Callable:
 def ssd_loss_fn(backend: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """`loss(locs [B,A,4], logits [B,A,C], loc_t [B,A,4], labels_t [B,A]) -> fp32 scalar` (SPEC section 4)."""
     return op_fn("ssd_loss", backend)
-
-
-def decode_fn(backend: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """`decode(locs [B,A,4], dboxes_cxcywh [A,4]) -> boxes_ltrb [B,A,4] fp32`."""
-    return op_fn("decode", backend)
 
 
 def decode_scores_fn(backend: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from ssd_ds.fileio import atomic_open, read_json
 
 TRAIN_IMAGE_KEYS = ("id", "file_name", "height", "width")
 TRAIN_ANNOTATION_KEYS = ("id", "image_id", "bbox", "category_id", "iscrowd")
@@ -32,11 +32,7 @@ def bbox_only_path(annotations_dir: str | Path, split: str) -> Path:
 
 def load_json(path: str | Path) -> dict:
     """A JSON object from path; malformed or non-object JSON raises ValueError naming the file."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    doc = read_json(path, "annotation file")
     if not (isinstance(doc, dict) and all(isinstance(doc.get(k), list) for k in ("images", "annotations"))):
         raise ValueError(f"{path}: not a COCO instances file (need an object with 'images' and 'annotations' lists)")
     return doc
@@ -71,17 +67,9 @@ def bbox_only_val(doc: dict) -> dict:
 
 
 def write_json_atomic(doc: dict, dst: str | Path) -> None:
-    """Write doc to dst through a temporary file in the same directory and os.replace."""
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, separators=(",", ":"))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the result should read like its source
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write doc to dst atomically (ssd_ds.fileio), compactly."""
+    with atomic_open(dst) as f:
+        json.dump(doc, f, separators=(",", ":"))
 
 
 def write_bbox_only(annotations_dir: str | Path) -> list[Path]:

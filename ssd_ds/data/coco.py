@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import array
-import json
 import logging
 import math
 import numbers
@@ -30,6 +29,8 @@ from typing import Callable
 
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from ssd_ds.fileio import read_json
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,7 @@ def annotation_file(root: Path, split: str) -> Path:
 
 def load_json(path: Path) -> dict:
     """Parse a COCO JSON, naming the file on any problem."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: malformed JSON ({exc})") from exc
+    data = read_json(path, "annotation file")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or key not in data:
             raise ValueError(f"{path}: not a COCO instances file (no '{key}' list)")

@@ -14,7 +14,9 @@ import os
 from typing import Iterable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ssd_ds.data.batch import Batch, collate_train
 
 PREFETCH_FACTOR = 2  # batches each worker keeps ready: enough to hide a slow JPEG, and each one sits in /dev/shm
 
@@ -95,18 +97,6 @@ def collate_eval(batch):
     return images, [s[1] for s in kept], [s[2] for s in kept], skipped
 
 
-def collate_raw_boxes(batch):
-    """default_collate, then the raw padded boxes (for encoding on the device) trimmed to the batch's largest count
-    rounded up to a power of two (at least 8): the device's matching work is B x G x A, and COCO batches hold far
-    fewer than `max_boxes` boxes an image (mean 7, batch maxima ~40-90). Powers of two bound the encode kernel's
-    specialisations to five (G = 8 ... 128); the compiled model never sees G. Padding rows never match, so the
-    targets are the same."""
-    images, target_a, target_b, skipped = default_collate(batch)
-    count = int((target_b > 0).sum(dim=1).max()) if len(target_b) else 0
-    G = min(target_b.shape[1], max(8, 1 << max(count - 1, 0).bit_length()))
-    return images, target_a[:, :G].contiguous(), target_b[:, :G].contiguous(), skipped
-
-
 def _loader_kwargs(workers: int, pin_memory: bool) -> dict:
     kwargs = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
     if workers > 0:
@@ -115,14 +105,12 @@ def _loader_kwargs(workers: int, pin_memory: bool) -> dict:
 
 
 def build_train_loader(
-    dataset: Dataset, sampler: TrainSampler, batch_size: int, workers: int, pin_memory: bool = False,
-    raw_boxes: bool = False,
+    dataset: Dataset, sampler: TrainSampler, batch_size: int, workers: int, pin_memory: bool = False
 ) -> DataLoader:
-    """Full batches (drop_last) of (images uint8, loc_t, labels_t, skipped), or with `raw_boxes` (the transform ships
-    boxes for encoding on the device) of (images, boxes [B,G,4], labels [B,G], skipped), G trimmed per batch."""
+    """Full batches (drop_last) of `ssd_ds.data.batch.Batch`."""
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-        collate_fn=collate_raw_boxes if raw_boxes else None, **_loader_kwargs(workers, pin_memory)
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_train,
+        **_loader_kwargs(workers, pin_memory)
     )
 
 
@@ -137,7 +125,7 @@ def build_eval_loader(
 
 
 class DevicePrefetcher:
-    """The batches of an iterable, already on `device`. On CUDA the host-to-device copy of the next batch (from pinned
+    """The `Batch`es of an iterable, already on `device`. On CUDA the host-to-device copy of the next batch (from pinned
     memory, on a side stream) runs while the current step computes, as NVIDIA's and torchvision's prefetchers do; on
     other devices the batch is moved when it is taken. Tensors keep their dtype (images stay uint8 until the device
     normalises them)."""
@@ -157,8 +145,8 @@ class DevicePrefetcher:
         with torch.cuda.stream(self.stream):
             return self._to_device(batch)
 
-    def _to_device(self, batch):
-        return tuple(t.to(self.device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch)
+    def _to_device(self, batch: Batch) -> Batch:
+        return batch.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator:
         return self
@@ -170,9 +158,8 @@ class DevicePrefetcher:
         if self.stream is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_stream(self.stream)
-            for t in batch:  # the side stream's memory is now used on the current stream: keep it until done there
-                if isinstance(t, torch.Tensor):
-                    t.record_stream(current)
+            for t in batch.tensors():  # the side stream's memory is now used on the current stream: keep it
+                t.record_stream(current)
         self.ready = self._load()
         return batch
 

@@ -1,8 +1,8 @@
 """Training and evaluation transforms (SPEC section 5), on PIL images with tv_tensors boxes.
 
 Train, in the reference's order: SSD random crop -> horizontal flip (p 0.5) -> resize to SxS (bilinear, aspect not
-kept) -> colour jitter (0.125, 0.5, 0.5, 0.05) -> to uint8 tensor -> encode boxes to fixed-shape targets (or ship
-them raw, for encoding on the device). Images leave the workers as uint8, a quarter of the bytes of fp32 through
+kept) -> colour jitter (0.125, 0.5, 0.5, 0.05) -> to uint8 tensor -> encode boxes to fixed-shape targets (or leave
+that to the device). Images leave the workers as uint8, a quarter of the bytes of fp32 through
 shared memory, pinned memory and PCIe; `normalize_images` converts and normalises the whole batch on the device.
 Flip, resize, jitter and normalise are torchvision.transforms.v2, whose semantics are the reference's. The crop is
 written here: torchvision's RandomIoUCrop differs from SPEC (it accepts a candidate when ANY box reaches the minimum
@@ -21,6 +21,7 @@ from torchvision.ops import box_iou
 from torchvision.transforms import v2
 
 from ssd_ds.box_coder import BoxCoder
+from ssd_ds.data.batch import TrainSample
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics (SPEC section 5)
 STD = (0.229, 0.224, 0.225)
@@ -110,12 +111,10 @@ def ssd_random_crop(
 
 
 class TrainTransform:
-    """(PIL image, ImageRecord, skipped) -> (image [3,S,S] uint8, target_a, target_b, skipped).
-
-    With a coder the targets are encoded here: (loc_t [A,4], labels_t [A] int64). With `coder=None` the boxes ship
-    raw for encoding on the GPU (NVIDIA's GPU box encoder; triton_kernels/encode.py): (boxes [Gmax,4] relative ltrb
-    padded with zeros, labels [Gmax] padded with 0), the count of real boxes being the labels > 0.
-    """
+    """(PIL image, ImageRecord, skipped) -> TrainSample (ssd_ds.data.batch): the augmented uint8 image and its
+    relative ltrb boxes, and with a coder also the encoded targets (loc_t [A,4], labels_t [A]). With `coder=None`
+    the device encodes (NVIDIA's GPU box encoder; triton_kernels/encode.py), which takes at most `max_boxes` boxes
+    an image."""
 
     def __init__(self, input_size: int, coder: BoxCoder | None, max_crop_samples: int = 1, max_boxes: int = 128):
         self.input_size = input_size
@@ -140,19 +139,14 @@ class TrainTransform:
         # clamp: the flip's and resize's float arithmetic can leave -1e-7 at an edge
         return image, (boxes.as_subclass(torch.Tensor) / self.input_size).clamp_(0, 1), labels
 
-    def __call__(self, image: Image.Image, rec, skipped: int = 0):
-        image, boxes_rel, labels = self.augment(image, rec.boxes_ltrb, rec.labels)
+    def __call__(self, image: Image.Image, rec, skipped: int = 0) -> TrainSample:
+        image, boxes, labels = self.augment(image, rec.boxes_ltrb, rec.labels)
         if self.coder is not None:
-            loc_t, labels_t = self.coder.encode(boxes_rel, labels)
-            return image, loc_t, labels_t, skipped
+            return TrainSample(image, boxes, labels, *self.coder.encode(boxes, labels), skipped)
         if len(labels) > self.max_boxes:
             raise ValueError(f"{rec.path}: {len(labels)} boxes after augmentation, more than max_boxes "
                              f"{self.max_boxes}; raise --max_boxes")
-        boxes = torch.zeros(self.max_boxes, 4)
-        padded_labels = torch.zeros(self.max_boxes, dtype=torch.int64)
-        boxes[: len(labels)] = boxes_rel
-        padded_labels[: len(labels)] = labels
-        return image, boxes, padded_labels, skipped
+        return TrainSample(image, boxes, labels, None, None, skipped)
 
 
 class EvalTransform:

@@ -74,7 +74,7 @@ def test_cli_writes_both_files_and_no_temporaries(annotations_dir, capsys):
 def test_malformed_json_error_names_the_file(annotations_dir, capsys):
     bad = annotations_dir / "instances_val2017.json"
     bad.write_text('{"images": [}')
-    with pytest.raises(ValueError, match="instances_val2017.json: not valid JSON"):
+    with pytest.raises(ValueError, match="instances_val2017.json: malformed JSON"):
         bbox_only.write_bbox_only(annotations_dir)
     with pytest.raises(SystemExit) as exc:
         bbox_only.main([str(annotations_dir)])

@@ -3,14 +3,19 @@ import json
 import pytest
 import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
-from ssd_ds.config import cpu_small
 from ssd_ds.data.coco import CocoDetection
-from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, eval_shard
+from ssd_ds.data.loaders import (
+    TrainSampler,
+    build_eval_loader,
+    build_train_loader,
+    eval_shard,
+)
 from ssd_ds.data.transforms import CROP_MODES, EvalTransform, TrainTransform, try_crop
-from torchvision.ops import box_iou
+from ssd_ds.model_config import cpu_small
 
 
 def train_transform(num_classes):
@@ -109,11 +114,11 @@ def test_targets_have_fixed_shapes_and_are_deterministic(synthetic_dataset):
     first = ds[(3, 1234)]
     again = ds[(3, 1234)]
     other = ds[(3, 999)]
-    image, loc_t, labels_t, skipped = first
-    assert image.shape == (3, 128, 128)
+    image, boxes, labels, loc_t, labels_t, skipped = first
+    assert image.shape == (3, 128, 128) and boxes.shape == (len(labels), 4)
     assert loc_t.shape == (cfg.anchors.num_anchors, 4) and labels_t.shape == (cfg.anchors.num_anchors,)
     assert labels_t.dtype == torch.int64 and skipped == 0
-    assert all(torch.equal(a, b) for a, b in zip(first[:3], again[:3]))
+    assert all(torch.equal(a, b) for a, b in zip(first[:5], again[:5]))
     assert not torch.equal(first[0], other[0])
 
 
@@ -125,7 +130,7 @@ def test_corrupt_image_is_skipped_and_counted(dataset_copy, caplog):
     ds.transform, _ = train_transform(ds.num_classes)
     sampler = TrainSampler(len(ds), seed=0)
     loader = build_train_loader(ds, sampler, batch_size=8, workers=0)
-    skipped = sum(int(batch[3].sum()) for batch in loader)
+    skipped = sum(batch.skipped for batch in loader)
     assert skipped == 2
     assert "skipping unreadable image" in caplog.text and victim.name in caplog.text
     val = CocoDetection(dataset_copy, "val", transform=EvalTransform(128), skip_to_next=False)
@@ -171,7 +176,7 @@ def test_missing_inputs_are_clear_errors(tmp_path, dataset_copy):
         CocoDetection(dataset_copy, "train")
 
 
-def test_raw_boxes_for_device_encoding_match_worker_encoding(synthetic_dataset):
+def test_boxes_left_to_the_device_encode_as_the_workers_encode(synthetic_dataset):
     from ssd_ds.box_coder import encode_batch
 
     ds = CocoDetection(synthetic_dataset, "train")
@@ -179,16 +184,17 @@ def test_raw_boxes_for_device_encoding_match_worker_encoding(synthetic_dataset):
     raw = TrainTransform(cfg.input_size, None, max_boxes=16)
     for index in range(6):
         ds.transform = encoded
-        image_a, loc_t, labels_t, _ = ds[(index, 77 + index)]
+        in_worker = ds[(index, 77 + index)]
         ds.transform = raw
-        image_b, boxes, labels, _ = ds[(index, 77 + index)]
-        assert boxes.shape == (16, 4) and labels.shape == (16,)
-        assert torch.equal(image_a, image_b)  # the same augmentation draw
-        n = int((labels > 0).sum())
-        assert n > 0 and not labels[n:].any() and not boxes[n:].any()  # real boxes first, zero padding after
-        loc_b, labels_b = encode_batch(boxes[None], labels[None], torch.tensor([n]), encoded.coder.dboxes_ltrb)
-        assert torch.equal(labels_b[0], labels_t)
-        assert torch.allclose(loc_b[0], loc_t, atol=1e-5)
+        left = ds[(index, 77 + index)]
+        assert left.loc_t is None and left.labels_t is None
+        assert torch.equal(in_worker.image, left.image) and torch.equal(in_worker.boxes, left.boxes)  # one draw
+        n = len(left.labels)
+        assert n > 0 and left.boxes.shape == (n, 4)
+        loc_t, labels_t = encode_batch(left.boxes[None], left.labels[None], torch.tensor([n]),
+                                       encoded.coder.dboxes_ltrb)
+        assert torch.equal(labels_t[0], in_worker.labels_t)
+        assert torch.allclose(loc_t[0], in_worker.loc_t, atol=1e-5)
 
 
 def test_images_ship_as_uint8_and_normalise_on_the_device_as_the_workers_did(synthetic_dataset):
@@ -198,7 +204,7 @@ def test_images_ship_as_uint8_and_normalise_on_the_device_as_the_workers_did(syn
 
     train = CocoDetection(synthetic_dataset, "train", transform=train_transform(7)[0])
     val = CocoDetection(synthetic_dataset, "val", transform=EvalTransform(128), skip_to_next=False)
-    images = torch.stack([train[0][0], train[1][0], val[0][0]])
+    images = torch.stack([train[0].image, train[1].image, val[0][0]])
     assert images.dtype == torch.uint8 and images.shape == (3, 3, 128, 128)
     # What the workers computed per image before images shipped as uint8: the same values, bit for bit.
     per_image = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
@@ -208,21 +214,25 @@ def test_images_ship_as_uint8_and_normalise_on_the_device_as_the_workers_did(syn
     assert torch.equal(got, want)
 
 
-def test_raw_box_batches_are_trimmed_to_a_power_of_two_above_their_largest_count(synthetic_dataset):
+def test_batches_pad_boxes_to_a_power_of_two_above_their_largest_count(synthetic_dataset):
     from ssd_ds.box_coder import encode_batch
 
     ds = CocoDetection(synthetic_dataset, "train")
     encoded, cfg = train_transform(ds.num_classes)
-    ds.transform = TrainTransform(cfg.input_size, None, max_boxes=128)
-    loader = build_train_loader(ds, TrainSampler(len(ds), seed=3), batch_size=8, workers=0, raw_boxes=True)
-    for images, boxes, labels, _ in loader:
-        count = int((labels > 0).sum(dim=1).max())
-        G = boxes.shape[1]
-        assert labels.shape == (8, G) and images.shape == (8, 3, 128, 128)
-        assert G >= max(count, 8) and G & (G - 1) == 0 and (G == 8 or G < 2 * count)
-        # Trimming drops padding only: the same targets as the fully padded batch.
-        num_gt = (labels > 0).sum(dim=1)
-        padded = (torch.nn.functional.pad(boxes, (0, 0, 0, 128 - G)), torch.nn.functional.pad(labels, (0, 128 - G)))
-        want = encode_batch(*padded, num_gt, encoded.coder.dboxes_ltrb)
-        got = encode_batch(boxes, labels, num_gt, encoded.coder.dboxes_ltrb)
-        assert all(torch.equal(g, w) for g, w in zip(got, want))
+    for coder in (None, encoded.coder):  # the device encodes, or the workers do: one batch shape either way
+        ds.transform = TrainTransform(cfg.input_size, coder, max_boxes=128)
+        for batch in build_train_loader(ds, TrainSampler(len(ds), seed=3), batch_size=8, workers=0):
+            count = int(batch.num_boxes.max())
+            G = batch.boxes.shape[1]
+            assert batch.labels.shape == (8, G) and batch.images.shape == (8, 3, 128, 128)
+            assert G >= max(count, 8) and G & (G - 1) == 0 and (G == 8 or G < 2 * count)
+            assert torch.equal(batch.num_boxes, (batch.labels > 0).sum(dim=1))
+            assert (batch.loc_t is None) == (coder is None)
+            # Padding rows never match: the same targets as a batch padded to 128.
+            padded = (torch.nn.functional.pad(batch.boxes, (0, 0, 0, 128 - G)),
+                      torch.nn.functional.pad(batch.labels, (0, 128 - G)))
+            want = encode_batch(*padded, batch.num_boxes, encoded.coder.dboxes_ltrb)
+            got = encode_batch(batch.boxes, batch.labels, batch.num_boxes, encoded.coder.dboxes_ltrb)
+            assert all(torch.equal(g, w) for g, w in zip(got, want))
+            if coder is not None:
+                assert torch.equal(batch.labels_t, got[1]) and torch.allclose(batch.loc_t, got[0], atol=1e-5)

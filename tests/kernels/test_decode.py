@@ -1,14 +1,14 @@
-"""The Triton box decoding (alone and fused with softmax + score threshold) against its torch references."""
+"""The Triton box decoding fused with softmax + score threshold against its torch reference."""
 
 import pytest
 import torch
 from torchvision.ops import box_convert
 
 from ssd_ds.anchors import default_boxes_cxcywh
-from ssd_ds.box_coder import BoxCoder
-from ssd_ds.config import mlperf
+from ssd_ds.box_coder import BoxCoder, decode_offsets
+from ssd_ds.model_config import mlperf
 from ssd_ds.postprocess import PostprocessConfig, postprocess
-from triton_kernels.decode import decode_boxes, decode_boxes_reference, decode_scores, decode_scores_reference
+from triton_kernels.decode import decode_scores, decode_scores_reference
 
 SHAPES = [(4, 512, 16), (3, 301, 11)]  # (B, A, C): aligned, odd
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -27,6 +27,7 @@ def check_fused(locs, logits, dboxes, got, assert_close):
     """got = (boxes, scores) from the fused kernel, checked against the reference on the same inputs."""
     want = decode_scores_reference(locs, logits, dboxes, THRESHOLD)
     assert_close(got[0], want[0], "boxes")
+    assert_close(got[0], decode_offsets(locs, dboxes), "boxes")
     # A score within rounding of the threshold may be zeroed by one side only; every other score must agree.
     unambiguous = (torch.softmax(logits.float(), dim=-1) - THRESHOLD).abs() > 1e-5
     assert_close(got[1][unambiguous], want[1][unambiguous], "scores")
@@ -36,7 +37,6 @@ def check_fused(locs, logits, dboxes, got, assert_close):
 @pytest.mark.parametrize("B,A,C", SHAPES)
 def test_matches_reference(B, A, C, dtype, device, assert_close):
     locs, logits, dboxes = make_inputs(B, A, C, device, dtype)
-    assert_close(decode_boxes(locs, dboxes), decode_boxes_reference(locs, dboxes), "boxes")
     boxes, scores = decode_scores(locs, logits, dboxes, THRESHOLD)
     check_fused(locs, logits, dboxes, (boxes, scores), assert_close)
     assert 0 < (scores > 0).sum() < scores.numel()  # the threshold did cut
@@ -46,7 +46,6 @@ def test_model_layout_read_in_place(device, assert_close):
     # The model's locs [B,A,4] and logits [B,A,C] are transposed views of [B,4,A] and [B,C,A] head outputs.
     locs, logits, dboxes = make_inputs(3, 301, 11, device, torch.bfloat16)
     locs, logits = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (locs, logits))
-    assert_close(decode_boxes(locs, dboxes), decode_boxes_reference(locs, dboxes), "boxes")
     check_fused(locs, logits, dboxes, decode_scores(locs, logits, dboxes, THRESHOLD), assert_close)
 
 
@@ -66,21 +65,20 @@ def test_postprocess_with_kernel_equals_reference(device):
 def test_rejects_bad_shapes(device):
     locs, logits, dboxes = make_inputs(2, 64, 5, device, torch.float32)
     with pytest.raises(ValueError, match="dboxes_cxcywh"):
-        decode_boxes(locs, dboxes[:-1])
+        decode_scores(locs, logits, dboxes[:-1])
     with pytest.raises(ValueError, match="logits"):
         decode_scores(locs, logits[:, :-1], dboxes)
 
 
 def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("triton_kernels._common.INTERPRETED", False)
-    locs, _, dboxes = make_inputs(1, 8, 2, "cpu", torch.float32)
+    locs, logits, dboxes = make_inputs(1, 8, 2, "cpu", torch.float32)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        decode_boxes(locs, dboxes)
+        decode_scores(locs, logits, dboxes)
 
 
 def test_opcheck(device):
     locs, logits, dboxes = make_inputs(2, 301, 11, device, torch.bfloat16)
-    torch.library.opcheck(decode_boxes, (locs, dboxes))
     torch.library.opcheck(decode_scores, (locs, logits, dboxes, THRESHOLD))
 
 
@@ -96,5 +94,4 @@ def test_compiles_without_graph_break(device, assert_close):
 def test_real_size(dtype, device, assert_close):
     locs, logits, _ = make_inputs(32, 8732, 81, device, dtype)
     dboxes = default_boxes_cxcywh(mlperf().anchors).to(device)
-    assert_close(decode_boxes(locs, dboxes), decode_boxes_reference(locs, dboxes), "boxes")
     check_fused(locs, logits, dboxes, decode_scores(locs, logits, dboxes, THRESHOLD), assert_close)

@@ -5,7 +5,7 @@ import torch
 from torchvision.ops import box_convert
 
 from ssd_ds.anchors import default_boxes_ltrb
-from ssd_ds.config import cpu_small, mlperf
+from ssd_ds.model_config import cpu_small, mlperf
 from triton_kernels.encode import MAX_BOXES, encode_batch, encode_batch_reference
 
 

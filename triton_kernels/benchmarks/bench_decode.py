@@ -1,11 +1,10 @@
 """Microbenchmark of box decoding: the Triton kernel against the torch reference, eager and under torch.compile.
 
-Modes: `boxes` (`decode_boxes` vs `ssd_ds.box_coder.decode_offsets`) and `scores`, the fused evaluation form
-(`decode_scores` vs `ssd_ds.postprocess.decode_scores`: decode, fp32 softmax, scores <= 0.05 zeroed).
+Mode `scores`, the fused evaluation form (`decode_scores` vs `ssd_ds.postprocess.decode_scores`: decode, fp32
+softmax, scores <= 0.05 zeroed).
 Inputs: bf16 locs and logits in the model's layout (transposed views; `--layout contiguous` for [B,A,*]), the 8732
 SSD300 default boxes, C = 81.
-Bytes counted: locs and default boxes read, fp32 boxes written; `scores` adds the logits read and the fp32 scores
-written.
+Bytes counted: locs, logits and default boxes read, fp32 boxes and scores written.
 
     python -m triton_kernels.benchmarks.bench_decode [--batches 32 256] [--out results/bench/bench_decode.csv]
 """
@@ -13,7 +12,7 @@ written.
 from __future__ import annotations
 
 from ssd_ds.anchors import default_boxes_cxcywh
-from ssd_ds.config import mlperf
+from ssd_ds.model_config import mlperf
 from ssd_ds.postprocess import PostprocessConfig
 from triton_kernels.benchmarks import common
 
@@ -26,10 +25,8 @@ THRESHOLD = PostprocessConfig().score_threshold
 def main() -> None:
     args = common.parse_args(NAME, __doc__, layouts=True)
     common.require_gpu(NAME)
-    from triton_kernels.decode import decode_boxes, decode_boxes_reference, decode_scores, decode_scores_reference
+    from triton_kernels.decode import decode_scores, decode_scores_reference
 
-    boxes_fns = {"triton": decode_boxes, "torch": decode_boxes_reference}
-    boxes_fns["torch.compile"] = common.compiled(decode_boxes_reference)
     scores_fns = {"triton": decode_scores, "torch": decode_scores_reference}
     scores_fns["torch.compile"] = common.compiled(decode_scores_reference)
     dboxes = default_boxes_cxcywh(mlperf().anchors).to(common.DEVICE)
@@ -38,10 +35,6 @@ def main() -> None:
         locs, logits = common.model_outputs(B, args.layout)
         boxes_bytes = locs.numel() * 2 + dboxes.numel() * 4 + locs.numel() * 4
         fields = dict(op="decode", B=B, A=A, C=C, dtype="bfloat16", layout=args.layout)
-        report.time_providers(
-            {p: (lambda f=f: f(locs, dboxes)) for p, f in boxes_fns.items()}, boxes_bytes, args.rep,
-            mode="boxes", **fields,
-        )
         report.time_providers(
             {p: (lambda f=f: f(locs, logits, dboxes, THRESHOLD)) for p, f in scores_fns.items()},
             boxes_bytes + logits.numel() * (2 + 4), args.rep, mode="scores", **fields,

@@ -2,7 +2,7 @@
 (`ssd_ds.box_coder.encode_batch`), eager and under torch.compile.
 
 Inputs: a padded batch of G box slots per image (`--slots`, default 128, the trainer's `max_boxes`, and 64, a COCO
-batch's largest count rounded up as `ssd_ds.data.loaders.collate_raw_boxes` trims) with 1-G real boxes each, the
+batch's largest count rounded up as `ssd_ds.data.batch.box_slots` pads) with 1-G real boxes each, the
 8732 SSD300 default boxes; the two G show what trimming the padding per batch saves. The op is IoU-bound (B x G x A
 IoUs), so GB/s is low by nature; it is reported against the bytes the op must move: boxes, labels, counts and
 default boxes read, fp32 offsets and int64 labels written.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ssd_ds.anchors import default_boxes_ltrb
-from ssd_ds.config import mlperf
+from ssd_ds.model_config import mlperf
 from triton_kernels.benchmarks import common
 
 A = common.A_SSD300

@@ -62,7 +62,6 @@ class ModelConfig:
     depths: tuple[int, int, int] = (3, 4, 6)  # basic blocks in layer1, layer2, layer3
     extras: tuple[ExtraBlock, ...] = ()  # extra feature blocks after the trunk
     anchors: AnchorConfig | None = None  # default boxes; derived from the feature sizes when None
-    backbone_weights: str | None = None  # torchvision resnet34 state dict: a path, "imagenet" (hub cache) or None
 
     def __post_init__(self) -> None:
         if self.anchors is None:
@@ -115,11 +114,12 @@ def derive_anchors(
     )
 
 
-def mlperf(backbone_weights: str | None = None) -> ModelConfig:
+def mlperf(num_classes: int = 81) -> ModelConfig:
     """The benchmark model: SSD300, ResNet-34 trunk, five extra blocks, 8732 default boxes (SPEC sections 1-2)."""
     return ModelConfig(
         name="mlperf",
         input_size=300,
+        num_classes=num_classes,
         extras=(
             ExtraBlock(256, 512, 2, 1),
             ExtraBlock(256, 512, 2, 1),
@@ -134,7 +134,6 @@ def mlperf(backbone_weights: str | None = None) -> ModelConfig:
             scales=(21, 45, 99, 153, 207, 261, 315),
             aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
         ),
-        backbone_weights=backbone_weights,
     )
 
 
@@ -159,16 +158,8 @@ def cpu_small(num_classes: int = 81) -> ModelConfig:
 MODEL_PRESETS = {"mlperf": mlperf, "cpu_small": cpu_small}
 
 
-def build_model_config(name: str, **overrides) -> ModelConfig:
-    """A preset by name, with field overrides (e.g. backbone_weights, num_classes)."""
+def build_model_config(name: str, num_classes: int = 81) -> ModelConfig:
+    """A preset by name, for a data set of `num_classes` classes (background included)."""
     if name not in MODEL_PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
-    cfg = MODEL_PRESETS[name]()
-    if overrides:
-        fields = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
-        fields.update(overrides)
-        if cfg.name != "mlperf" and "anchors" not in overrides:
-            fields["anchors"] = None  # re-derive for the overridden geometry
-        cfg = ModelConfig(**fields)
-    return cfg
-
+    return MODEL_PRESETS[name](num_classes=num_classes)

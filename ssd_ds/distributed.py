@@ -1,0 +1,106 @@
+"""The process group of a run: set-up with bounded waits, and the few collectives the trainer makes.
+
+Every wait is bounded (`dist_timeout`), so a missing or dead rank ends the run with an error instead of hanging it.
+Without a launcher (`python -m ssd_ds.train`) the process is a world of one with the rendezvous variables a
+launcher would set; on a machine without CUDA DeepSpeed's CPU accelerator and the gloo backend are used.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ssd_ds.launch import check_local_rank, wait_for_rendezvous
+
+
+def setup_process_env() -> None:
+    """Single-process runs get the rendezvous variables the launcher would set; CPU-only machines use DeepSpeed's
+    CPU accelerator (it must be chosen before deepspeed is imported)."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # JIT-built ops (DeepSpeed's CPU shared-memory collective) in a directory of this environment's own: torch before
+    # 2.14 guards the build with a lock *file*, and one left by a killed build, or by another torch version sharing
+    # ~/.cache/torch_extensions, blocks every later start in FileBaton.wait, before any of the trainer's timeouts.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+
+
+def init_distributed(timeout: float) -> tuple[int, int, torch.device]:
+    """(rank, world size, this rank's device) after DeepSpeed's init_distributed (NCCL on CUDA, else gloo)."""
+    import deepspeed  # after setup_process_env: DS_ACCELERATOR is read at import
+
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    check_local_rank(local_rank)
+    rank = int(os.environ["RANK"])
+    if rank != 0:
+        wait_for_rendezvous(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), timeout, rank)
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                               timeout=timedelta(seconds=timeout))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank)
+    return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def broadcast_from_rank0(obj):
+    """Rank 0's `obj` on every rank (a rank-0 decision that every rank must follow)."""
+    if _world() == 1:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def flag_from_rank0(flag: bool, device: torch.device) -> bool:
+    """Rank 0's `flag` on every rank, as a tensor collective (cheap enough to make every few steps)."""
+    if _world() == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def gather_to_rank0(local):
+    """Every rank's `local` object as a list on rank 0 (None elsewhere); `[local]` in a world of one."""
+    if _world() == 1:
+        return [local]
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(local, gathered, dst=0)
+    return gathered if dist.get_rank() == 0 else None
+
+
+def barrier() -> None:
+    if _world() > 1:
+        dist.barrier()
+
+
+def parameter_checksums(module: torch.nn.Module, device: torch.device) -> list[float]:
+    """Every rank's sum of all parameters (float64), gathered on every rank. Data parallelism must leave them
+    equal; `verify_replicas` raises when they are not."""
+    with torch.no_grad():
+        local = torch.stack([p.double().sum() for p in module.parameters()]).sum().reshape(1).to(device)
+    sums = [torch.zeros_like(local) for _ in range(_world())]
+    if _world() == 1:
+        sums = [local]
+    else:
+        dist.all_gather(sums, local)
+    return [float(s.item()) for s in sums]
+
+
+def verify_replicas(checksums: list[float]) -> None:
+    if len(set(checksums)) != 1:
+        raise RuntimeError(f"parameters differ across ranks after training: checksums {checksums}")
