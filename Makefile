@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed-stamp
 # JIT-built ops per environment (ssd_ds.train sets the same default): torch < 2.14 guards builds with a lock file
 # that a killed build leaves behind, and a directory shared between torch versions hangs the older one.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
+# ... built by the environment's own ninja (pip's): ninja versions log build commands differently, and the trainer
+# (ssd_ds.distributed.setup_process_env), the tests and the DeepSpeed launcher all use the environment's.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: venv demo test
 

@@ -33,6 +33,12 @@ def setup_process_env() -> None:
     # 2.14 guards the build with a lock *file*, and one left by a killed build, or by another torch version sharing
     # ~/.cache/torch_extensions, blocks every later start in FileBaton.wait, before any of the trainer's timeouts.
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    # And built by this environment's ninja (pip's, a dependency of DeepSpeed) whatever PATH says: ninja versions log
+    # their build commands differently, so alternating between the system's and the environment's rebuilds the op
+    # from scratch (a minute of CPU) at every switch.
+    bin_dir = Path(sys.executable).parent
+    if (bin_dir / "ninja").exists() and not os.environ.get("PATH", "").startswith(f"{bin_dir}{os.pathsep}"):
+        os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def init_distributed(timeout: float) -> tuple[int, int, torch.device]:

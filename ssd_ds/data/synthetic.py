@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ssd_ds.data.shapes import CLASSES, DrawnObject, DrawParams, draw_image
+from ssd_ds.fileio import atomic_write, read_json
 
 MANIFEST = "synthetic.json"
 FORMAT_VERSION = 1  # bump when the drawing changes, so an old directory is not taken for a new one
@@ -136,7 +137,7 @@ def _write_split(root: Path, split_code: int, n: int, cfg: SynthConfig, pool: Pr
     ]
     drawn = list(pool.map(_render, tasks, chunksize=16) if pool is not None else map(_render, tasks))
     doc = _coco_json(split, drawn, id_offset)
-    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc, separators=(",", ":")))
+    atomic_write(root / "annotations" / f"instances_{split}.json", json.dumps(doc, separators=(",", ":")))
 
 
 def _write_dataset(root: Path, cfg: SynthConfig, workers: int) -> None:
@@ -152,7 +153,7 @@ def _write_dataset(root: Path, cfg: SynthConfig, workers: int) -> None:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     # Written last: its presence is what marks the directory complete.
-    (root / MANIFEST).write_text(json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
+    atomic_write(root / MANIFEST, json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
 
 
 def is_complete(out_dir: str | Path) -> bool:
@@ -166,7 +167,7 @@ def is_complete(out_dir: str | Path) -> bool:
 
 def read_manifest(out_dir: str | Path) -> dict:
     """The parameters a finished synthetic dataset was generated with (the JSON of `SynthConfig.to_json`)."""
-    return json.loads((Path(out_dir) / MANIFEST).read_text())
+    return read_json(Path(out_dir) / MANIFEST, "synthetic data set manifest")
 
 
 def _config(num_train: int, num_val: int, seed: int, min_size: int, max_size: int) -> SynthConfig:
