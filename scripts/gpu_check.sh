@@ -7,11 +7,12 @@
 # Riskiest first, each step under a timeout within one overall budget:
 #   1. environment (GPU, driver, torch, triton, DeepSpeed) and the carried wheels (failing loudly);
 #   2. train_smoke: the trainer itself, launched by DeepSpeed (NCCL) on the `mlperf` model at 300x300 on generated
-#      data: bf16 autocast, torch.compile, Triton kernels, boxes encoded on the device, ~30 iterations, one
-#      evaluation through the background COCOeval; its MLPerf log parsed;
+#      data: bf16 autocast, torch.compile, Triton kernels, images decoded and augmented and boxes encoded on the
+#      device, ~30 iterations, one evaluation through the background COCOeval; its MLPerf log parsed;
 #   3. train_throughput: `ssd_ds.bench train` at micro-batch 128 and 256 (the trainer's own engine and step), with
 #      model FLOPs per image and the fraction of the bf16 peak;
-#   4. kernel_tests on CUDA, then the kernel microbenchmarks (rows written as they are measured).
+#   4. data_throughput: `ssd_ds.bench data`: the CPU input path per core, the device path at micro-batch 256;
+#   5. kernel_tests on CUDA, then the kernel microbenchmarks (rows written as they are measured).
 # Results in $OUT if set, else results/gpu_check: summary.md (also printed, last), steps.tsv and gpu_check.tar.gz
 # (every log, CSV and the smoke run's directory): three files.
 set -uo pipefail
@@ -73,13 +74,14 @@ step() {
 if ((DRY_RUN)); then
   export TRITON_INTERPRET=1 KERNEL_BENCH_DRY_RUN=1 CUDA_VISIBLE_DEVICES="" DS_ACCELERATOR=cpu
   MODEL=cpu_small NUM_CLASSES=7 MICRO=4 TRAIN_IMAGES=48 VAL_IMAGES=8 WORKERS=1 COMPILE=off
-  KERNEL_TESTS="tests/kernels/test_decode.py" KERNEL_BATCHES="2" BENCH_BATCHES=2 BENCH_STEPS=1
+  KERNEL_TESTS="tests/kernels/test_decode.py" KERNEL_BATCHES="2" BENCH_BATCHES=2 BENCH_STEPS=1 DATA_BATCH=4
+  DATA_SECONDS=1
 else
   unset TRITON_INTERPRET  # the kernels must run compiled on the GPU, not in the interpreter
   # 30 iterations of micro-batch 128 (the first throughput batch, so the bench finds the compiled graph cached)
   MODEL=mlperf NUM_CLASSES=81 MICRO=128 TRAIN_IMAGES=4000 VAL_IMAGES=300 WORKERS=12 COMPILE=on
   KERNEL_TESTS="tests/kernels --ignore=tests/kernels/test_compile_check.py" KERNEL_BATCHES="32 256"
-  BENCH_BATCHES=128,256 BENCH_STEPS=10
+  BENCH_BATCHES=128,256 BENCH_STEPS=10 DATA_BATCH=256 DATA_SECONDS=5
   if compgen -G ".whl/*.whl" > /dev/null; then
     echo "installing the carried wheels from .whl/ into /tmp/site"
     if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -91,8 +93,10 @@ else
   fi
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 PY WORK MODEL NUM_CLASSES MICRO TRAIN_IMAGES VAL_IMAGES
-export WORKERS COMPILE BENCH_BATCHES BENCH_STEPS
-export TORCH_EXTENSIONS_DIR="$WORK/torch_extensions"  # a fresh one: no lock file left by anyone else
+export WORKERS COMPILE BENCH_BATCHES BENCH_STEPS DATA_BATCH DATA_SECONDS
+# On the GPU machine a fresh directory for JIT-built ops (no lock file left by anyone else); a dry run keeps the
+# environment's, where `make` built DeepSpeed's CPU op once (a rebuild costs a minute of CPU).
+if ! ((DRY_RUN)) || [[ -z "${TORCH_EXTENSIONS_DIR:-}" ]]; then export TORCH_EXTENSIONS_DIR="$WORK/torch_extensions"; fi
 
 if ! "$PY" - > "$WORK/env.txt" 2>&1 <<'PY'
 import torch, triton, deepspeed, pycocotools, mlperf_logging, torch.utils.tensorboard  # noqa: F401
@@ -134,7 +138,16 @@ throughput() {
 export -f throughput
 step train_throughput 150 throughput
 
-# --- 4. kernels: tests on CUDA, then microbenchmarks ---------------------------------------------------------
+# --- 4. the input pipeline: the CPU path per core, the device path (decode and augment on the GPU) ------------
+data_throughput() {
+  "$PY" -m ssd_ds.bench data --data "$WORK/synthetic" --model "$MODEL" --batch "$DATA_BATCH" \
+    --seconds "$DATA_SECONDS" | tee >(grep --line-buffered -E "img/s|cores per" > "$WORK/data_throughput.result")
+  return "${PIPESTATUS[0]}"
+}
+export -f data_throughput
+step data_throughput 90 data_throughput
+
+# --- 5. kernels: tests on CUDA, then microbenchmarks ---------------------------------------------------------
 # shellcheck disable=SC2086  # KERNEL_TESTS and KERNEL_BATCHES are word lists
 step kernel_tests 90 "$PY" -m pytest -q -p no:cacheprovider $KERNEL_TESTS --junitxml="$WORK/kernel_tests.xml"
 for op in loss decode encode; do

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -118,7 +119,9 @@ class TrainingRun:
     state: RunState
     iters_per_epoch: int
     autocast_dtype: torch.dtype | None
+    prepare_batch: Callable | None = None  # host batch -> Batch on the device (DevicePrefetcher's default: a copy)
     losses: LossWindow = field(default_factory=LossWindow)
+    skipped_images: int = 0  # unreadable training images passed over since the last log
     submitted_at: dict = field(default_factory=dict)  # epoch -> iteration at which its evaluation was submitted
 
     @property
@@ -186,7 +189,7 @@ def train_one_epoch(run: TrainingRun) -> None:
     accum = run.plan.accumulation
     run.sampler.set_epoch(state.epoch, start=state.iter_in_epoch * accum * run.plan.micro_batch)
     micro_batches = (run.iters_per_epoch - state.iter_in_epoch) * accum
-    batches = DevicePrefetcher(islice(run.train_loader, micro_batches), run.device)
+    batches = DevicePrefetcher(islice(run.train_loader, micro_batches), run.device, run.prepare_batch)
     engine, ops = run.built.engine, run.built.ops
     t_logged, data_wait = time.perf_counter(), 0.0
     while state.iter_in_epoch < run.iters_per_epoch and not run.should_stop():
@@ -194,6 +197,7 @@ def train_one_epoch(run: TrainingRun) -> None:
             t0 = time.perf_counter()
             batch = next(batches)
             data_wait += time.perf_counter() - t0
+            run.skipped_images += batch.skipped
             loss, loc, conf = train_step(engine, batch, run.built.memory_format, ops.encode)
         state.iteration += 1
         state.iter_in_epoch += 1
@@ -225,7 +229,8 @@ def log_training(run: TrainingRun, elapsed: float, data_wait: float) -> None:
         return
     records[-1].update(epoch=run.state.epoch + 1, lr=run.built.engine.lr_scheduler.get_last_lr()[0],
                        images_per_s=steps * run.plan.global_batch / max(elapsed, 1e-9),
-                       data_wait_s_per_step=data_wait / steps)
+                       data_wait_s_per_step=data_wait / steps, skipped_images=run.skipped_images)
+    run.skipped_images = 0
     for record in records:
         run.metrics.log("train", record, record["iteration"])
 

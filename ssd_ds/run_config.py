@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import inspect
+import io
 import json
 import tokenize
 import typing
@@ -55,6 +55,7 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads per rank (0: leave torch's default)
     compile: str = "auto"  # torch.compile of model+loss: auto (on for CUDA), on, off
     kernels: str = "auto"  # loss/decode/encode backend: auto (triton on CUDA), torch, triton
+    input: str = "auto"  # decode+augment images: in the loader workers (cpu) or batched on the device (auto: on CUDA)
     encode_on_device: str = "auto"  # match+encode boxes on the device (auto: on CUDA) instead of in the loader workers
     warm_up: str = "auto"  # compile/autotune on synthetic data before run_start: auto (compiled or CUDA), on, off
     max_boxes: int = 128  # boxes per image shipped raw when encoding on the device (COCO 2017 train has <= 93)
@@ -127,7 +128,7 @@ PRESETS = {"mlperf": mlperf, "demo": demo}
 
 
 PRESETS = {"mlperf": mlperf, "demo": demo}
-CHOICES = {"compile": ("auto", "on", "off"), "kernels": ("auto", "torch", "triton"),
+CHOICES = {"compile": ("auto", "on", "off"), "kernels": ("auto", "torch", "triton"), "input": ("auto", "cpu", "device"),
            "encode_on_device": ("auto", "on", "off"), "warm_up": ("auto", "on", "off"),
            "division": ("closed", "open")}
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
@@ -254,6 +255,8 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError("--epochs, --eval_every and --log_every must be >= 1")
     if not 1 <= cfg.max_boxes <= 256:
         raise ValueError(f"--max_boxes must be in 1..256 (the encode kernel's tile), got {cfg.max_boxes}")
+    if cfg.input == "device" and cfg.encode_on_device == "off":
+        raise ValueError("--input device leaves the boxes to the device: --encode_on_device must be auto or on")
     if cfg.eval_only and cfg.resume is None:
         raise ValueError("--eval_only needs --resume auto|PATH: a checkpoint to evaluate")
     if list(cfg.decay_epochs) != sorted(cfg.decay_epochs):

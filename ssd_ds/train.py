@@ -18,6 +18,9 @@ from ssd_ds import checkpoint, ds_config
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
 from ssd_ds.data.coco import CocoDetection
+from ssd_ds.data.batch import collate_train
+from ssd_ds.data.device_input import (CompressedTrainTransform, collate_compressed, prepare_on_device,
+                                      should_decode_on_device)
 from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, check_shared_memory
 from ssd_ds.data.synthetic import ensure_synthetic
 from ssd_ds.data.transforms import EvalTransform, TrainTransform
@@ -63,31 +66,38 @@ def main(argv: list[str] | None = None) -> RunState:
                           enabled=rank == 0 and not cfg.eval_only, division=cfg.division,
                           platform=cfg.submission_platform)
 
-    # Data: boxes are encoded in the loader workers (a CPU coder) or on the device, decided once, here.
+    # Data: images are decoded and augmented in the loader workers or on the device, boxes encoded in the workers (a
+    # CPU coder) or on the device; both decided once, here.
     if cfg.synthetic and rank == 0:
         ensure_synthetic(cfg.data)
     barrier()
-    train_set = CocoDetection(cfg.data, "train")
+    decode_on_device = should_decode_on_device(cfg.input, device)
+    encode_on_device = decode_on_device or should_encode_on_device(cfg.encode_on_device, device)
+    train_set = CocoDetection(cfg.data, "train", decode=not decode_on_device)
     val_set = CocoDetection(cfg.data, "val", skip_to_next=False)
-    encode_on_device = should_encode_on_device(cfg.encode_on_device, device)
     if encode_on_device:
         check_box_counts(train_set, cfg.max_boxes)
     model_cfg = build_model_config(cfg.model, num_classes=train_set.num_classes)
-    worker_coder = None if encode_on_device else BoxCoder(default_boxes_ltrb(model_cfg.anchors))
-    train_set.transform = TrainTransform(model_cfg.input_size, worker_coder, CROP_MAX_SAMPLES, cfg.max_boxes)
+    if decode_on_device:
+        train_set.transform = CompressedTrainTransform(CROP_MAX_SAMPLES, cfg.max_boxes)
+    else:
+        worker_coder = None if encode_on_device else BoxCoder(default_boxes_ltrb(model_cfg.anchors))
+        train_set.transform = TrainTransform(model_cfg.input_size, worker_coder, CROP_MAX_SAMPLES, cfg.max_boxes)
     val_set.transform = EvalTransform(model_cfg.input_size)
     engine_cfg = ds_config.load(cfg.deepspeed_config, world)
     plan = engine_cfg.plan
     sampler = TrainSampler(len(train_set), cfg.seed, rank, world)
     pin = device.type == "cuda"
-    train_loader = build_train_loader(train_set, sampler, plan.micro_batch, cfg.workers, pin_memory=pin)
+    train_loader = build_train_loader(train_set, sampler, plan.micro_batch, cfg.workers, pin_memory=pin,
+                                      collate_fn=collate_compressed if decode_on_device else collate_train)
     iters_per_epoch = len(train_loader) // plan.accumulation
     if iters_per_epoch < 1:
         raise ValueError(f"{cfg.data}: {len(train_set)} training images give no full global batch of "
                          f"{plan.global_batch}")
     eval_loader = build_eval_loader(val_set, rank, world, cfg.eval_batch, cfg.workers, pin_memory=pin)
     size, anchors = model_cfg.input_size, model_cfg.anchors.num_anchors
-    per_image = 3 * size * size + cfg.max_boxes * 24 + (0 if encode_on_device else anchors * 24)  # uint8, targets
+    # uint8 pixels (a JPEG's bytes are fewer), boxes, and targets when the workers encode
+    per_image = 3 * size * size + cfg.max_boxes * 24 + (0 if encode_on_device else anchors * 24)
     shm_warning = check_shared_memory(plan.micro_batch * per_image, cfg.workers)
     if shm_warning:
         log.warning(shm_warning)
@@ -97,12 +107,14 @@ def main(argv: list[str] | None = None) -> RunState:
     lr = base_lr(cfg.lr_per_32, plan.global_batch)
     built = build_engine(
         model, model_cfg, device, engine_cfg.settings, kernels=cfg.kernels, compile=cfg.compile,
-        encode_on_device=cfg.encode_on_device, channels_last=cfg.channels_last,
+        encode_on_device="on" if encode_on_device else "off", channels_last=cfg.channels_last,
         optimizer_fn=lambda m: build_optimizer(m, lr, cfg.momentum, cfg.weight_decay, device),
         scheduler_fn=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(
             it, iters_per_epoch, cfg.warmup_iters, cfg.warmup_factor, cfg.decay_epochs, cfg.decay_factor)))
-    log.info("kernels: %s; box encoding on %s; compiled: %s; device %s; world size %d", built.ops.backend,
-             "the device" if encode_on_device else "the loader workers", built.compiled, device, world)
+    log.info("kernels: %s; images decoded and augmented on %s; boxes encoded on %s; compiled: %s; device %s; world "
+             "size %d", built.ops.backend, *("the device" if on else "the loader workers"
+                                              for on in (decode_on_device, encode_on_device)),
+             built.compiled, device, world)
 
     # Resume: DeepSpeed's module, optimizer and scheduler, then where the run was and every RNG.
     state = RunState()
@@ -126,7 +138,8 @@ def main(argv: list[str] | None = None) -> RunState:
         train_loader=train_loader, eval_loader=eval_loader, val_set=val_set, run_dir=run_dir, mlperf=mlperf,
         metrics=MetricsLogger(run_dir, enabled=rank == 0, append=resume_from is not None),
         evaluator=BackgroundEvaluator(val_set.ann_file, run_dir / "eval") if rank == 0 else None,
-        state=state, iters_per_epoch=iters_per_epoch, autocast_dtype=engine_cfg.autocast_dtype)
+        state=state, iters_per_epoch=iters_per_epoch, autocast_dtype=engine_cfg.autocast_dtype,
+        prepare_batch=prepare_on_device(device, model_cfg.input_size) if decode_on_device else None)
     if cfg.eval_only:
         return report(run, evaluate_only(run))
     if resume_from is None:  # the run's init block: once, in its first segment's log

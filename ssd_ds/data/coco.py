@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import array
+import io
 import logging
 import math
 import numbers
@@ -263,6 +264,19 @@ def parse_coco(
     return records, {v: k for k, v in category_to_label.items()}, stats
 
 
+def read_image_bytes(path: str | Path) -> tuple[torch.Tensor, int, int] | None:
+    """(the file's bytes [N] uint8, width, height), or None (with a warning) when the file is missing or its header
+    unreadable. PIL reads only the header here; the device decodes (ssd_ds.data.device_input)."""
+    try:
+        raw = Path(path).read_bytes()
+        with Image.open(io.BytesIO(raw)) as img:
+            width, height = img.size
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        log.warning("skipping unreadable image %s (%s)", path, exc)
+        return None
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8), width, height
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """Images and boxes of one COCO split; `transform(image, boxes_ltrb_px, labels) -> sample`.
 
@@ -270,7 +284,9 @@ class CocoDetection(torch.utils.data.Dataset):
     a pure function of (run seed, epoch, index), independent of workers and of where a resumed run restarts.
     """
 
-    def __init__(self, root: str | Path, split: str, transform: Callable | None = None, skip_to_next: bool = True):
+    def __init__(self, root: str | Path, split: str, transform: Callable | None = None, skip_to_next: bool = True,
+                 decode: bool = True):
+        """`decode=False`: samples carry the file's bytes and size (`read_image_bytes`) for the device to decode."""
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: dataset directory not found")
@@ -286,14 +302,18 @@ class CocoDetection(torch.utils.data.Dataset):
         self.num_classes = len(self.label_to_category) + 1  # + background
         self.transform = transform
         self.skip_to_next = skip_to_next
+        self.decode = decode
         log.info("%s: %s", self.ann_file, self.stats.summary())
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def load_image(self, index: int) -> Image.Image | None:
-        """The decoded RGB image, or None (with a warning) when the file is missing or corrupt."""
+    def load_image(self, index: int) -> Image.Image | tuple[torch.Tensor, int, int] | None:
+        """The decoded RGB image (or with `decode=False` the file's bytes and size), or None (with a warning) when the
+        file is missing or corrupt."""
         path = self.records[index].path
+        if not self.decode:
+            return read_image_bytes(path)
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
@@ -308,7 +328,8 @@ class CocoDetection(torch.utils.data.Dataset):
         while image is None and self.skip_to_next:
             skipped += 1
             if skipped > MAX_FALLBACKS:
-                raise RuntimeError(f"{self.image_dir}: {MAX_FALLBACKS} consecutive images unreadable near index {index}")
+                raise RuntimeError(f"{self.image_dir}: {MAX_FALLBACKS} consecutive images unreadable near index "
+                                   f"{index}")
             index = (index + 1) % len(self.records)
             image = self.load_image(index)
         if image is None:

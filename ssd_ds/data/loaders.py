@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -105,11 +105,13 @@ def _loader_kwargs(workers: int, pin_memory: bool) -> dict:
 
 
 def build_train_loader(
-    dataset: Dataset, sampler: TrainSampler, batch_size: int, workers: int, pin_memory: bool = False
+    dataset: Dataset, sampler: TrainSampler, batch_size: int, workers: int, pin_memory: bool = False,
+    collate_fn: Callable = collate_train,
 ) -> DataLoader:
-    """Full batches (drop_last) of `ssd_ds.data.batch.Batch`."""
+    """Full batches (drop_last) of `ssd_ds.data.batch.Batch` (or, with the device input path's collate, of the
+    compressed batches the device decodes)."""
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_train,
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_fn,
         **_loader_kwargs(workers, pin_memory)
     )
 
@@ -125,33 +127,31 @@ def build_eval_loader(
 
 
 class DevicePrefetcher:
-    """The `Batch`es of an iterable, already on `device`. On CUDA the host-to-device copy of the next batch (from pinned
-    memory, on a side stream) runs while the current step computes, as NVIDIA's and torchvision's prefetchers do; on
-    other devices the batch is moved when it is taken. Tensors keep their dtype (images stay uint8 until the device
-    normalises them)."""
+    """The `Batch`es of an iterable, already on `device`. On CUDA the next batch is prepared (copied from pinned
+    memory, or with the device input path decoded and augmented) on a side stream while the current step computes,
+    as NVIDIA's and torchvision's prefetchers do; on other devices when it is taken. `prepare(host batch) -> Batch
+    on device` defaults to the copy. Tensors keep their dtype (images stay uint8 until the device normalises them)."""
 
-    def __init__(self, batches: Iterable, device: torch.device):
+    def __init__(self, batches: Iterable, device: torch.device, prepare: Callable | None = None):
         self.batches = iter(batches)
         self.device = device
+        self.prepare = prepare or (lambda batch: batch.to(device, non_blocking=True))
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" and torch.cuda.is_available() else None
         self.ready = self._load()
 
-    def _load(self):
+    def _load(self) -> Batch | None:
         batch = next(self.batches, None)
         if batch is None:
             return None
         if self.stream is None:
-            return self._to_device(batch)
+            return self.prepare(batch)
         with torch.cuda.stream(self.stream):
-            return self._to_device(batch)
-
-    def _to_device(self, batch: Batch) -> Batch:
-        return batch.to(self.device, non_blocking=True)
+            return self.prepare(batch)
 
     def __iter__(self) -> Iterator:
         return self
 
-    def __next__(self):
+    def __next__(self) -> Batch:
         batch = self.ready
         if batch is None:
             raise StopIteration

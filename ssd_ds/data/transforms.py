@@ -105,7 +105,8 @@ def ssd_random_crop(
         return image, boxes_rel, labels
     W, H = image.size
     l, t, r, b = window
-    image = image.crop((round(l * W), round(t * H), round(r * W), round(b * H)))
+    # Truncated to whole pixels, as the MLPerf reference cuts (SPEC section 5); the boxes keep the exact window.
+    image = image.crop((int(l * W), int(t * H), int(r * W), int(b * H)))
     boxes, labels = apply_crop(boxes_rel, labels, window)
     return image, boxes, labels
 

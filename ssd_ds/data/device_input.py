@@ -1,0 +1,258 @@
+"""The training input path with decode and augmentation on the device (SPEC sections 5 and 9: NVIDIA used DALI).
+
+On a GPU the CPU path (PIL decode and augmentation in the loader workers, transforms.py) is the bottleneck. Here the
+workers only read each file's bytes and its size from the header, and draw the augmentation parameters; the device
+decodes the batch (nvJPEG on CUDA) and crops, resizes, flips and colour-jitters it with batched tensor ops. On CPU
+tensors the same code runs with CPU decoding, which is how it is tested.
+
+The parameters come from torch's global RNG (seeded per sample by CocoDetection) through the same calls, in the same
+order, as `TrainTransform`'s: the crop window (`ssd_crop_window`), the flip's `torch.rand(1)`, then ColorJitter's
+`make_params`. So one seed gives one augmentation on either path, and resuming is exact. What differs, by design:
+- the crop is cut at the window truncated to whole pixels, as the MLPerf reference does (SPEC section 5; the CPU
+  path rounds), so a cut edge may sit one pixel away; the boxes keep the exact fractional window on both paths;
+- the resize and the jitter run in float32 and round to uint8 once, where PIL rounds after the resize and truncates
+  after each of its three blends (brightness, contrast, saturation), so the CPU path's images are about 1.4 grey
+  levels darker on average; the jitter has torchvision's tensor semantics, whose hue shift is continuous where
+  PIL's moves in steps of 1/255 of a turn;
+- the flip comes after the resize: they commute, and a flip of the batch is one op;
+- a file whose header reads but whose data does not decode becomes a black image without boxes, counted, since
+  the workers never decode it and cannot fall back to the next image as the CPU path does.
+EXIF orientation is not applied, as PIL's `Image.open(...).convert("RGB")` does not: COCO's boxes refer to the
+stored pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.transforms import v2
+
+from ssd_ds.data.batch import Batch, pad_boxes
+from ssd_ds.data.coco import ImageRecord
+from ssd_ds.data.transforms import apply_crop, ssd_crop_window
+
+log = logging.getLogger(__name__)
+
+FLIP_P = 0.5  # SPEC section 5
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's op ids (its `fn_idx`) and our factor columns
+
+
+class CompressedSample(NamedTuple):
+    """One training sample as a worker ships it: the encoded file and the augmentation to apply to it."""
+
+    data: torch.Tensor  # [N] uint8, the file's bytes
+    window: torch.Tensor  # [4] int64, crop ltrb in pixels of the stored image (the whole image when not cropped)
+    flip: bool
+    colour: torch.Tensor  # [4] float32 factors: brightness, contrast, saturation, hue
+    colour_order: torch.Tensor  # [4] int64, the order in which the four colour ops apply
+    boxes: torch.Tensor  # [G,4] float32 relative ltrb in the output image
+    labels: torch.Tensor  # [G] int64 in 1..K
+    image_id: int  # names the image when its data does not decode
+    skipped: int  # unreadable images the dataset passed over to reach this one
+
+
+class CompressedBatch(NamedTuple):
+    """Collated CompressedSamples, boxes padded to `box_slots` as in a Batch."""
+
+    data: list[torch.Tensor]  # B x [N_i] uint8: encoded lengths differ
+    window: torch.Tensor  # [B,4] int64
+    flip: torch.Tensor  # [B] bool
+    colour: torch.Tensor  # [B,4] float32
+    colour_order: torch.Tensor  # [B,4] int64
+    boxes: torch.Tensor  # [B,G,4] float32; rows past num_boxes are zero
+    labels: torch.Tensor  # [B,G] int64; 0 past num_boxes
+    num_boxes: torch.Tensor  # [B] int64
+    image_id: torch.Tensor  # [B] int64
+    skipped: int
+
+
+class CompressedTrainTransform:
+    """((bytes, width, height), ImageRecord, skipped) -> CompressedSample: TrainTransform's random draws, no pixels.
+
+    As TrainTransform without a coder, at most `max_boxes` boxes an image (the device encoder's limit)."""
+
+    def __init__(self, max_crop_samples: int = 1, max_boxes: int = 128):
+        self.max_crop_samples = max_crop_samples
+        self.max_boxes = max_boxes
+        # Its make_params is the draw TrainTransform's ColorJitter makes (SPEC section 5's factors).
+        self.colour_jitter = v2.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05)
+
+    def __call__(self, encoded: tuple[torch.Tensor, int, int], rec: ImageRecord, skipped: int = 0) -> CompressedSample:
+        data, width, height = encoded
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        boxes, labels = rec.boxes_ltrb / scale, rec.labels
+        window = ssd_crop_window(boxes, self.max_crop_samples)
+        if window is None:
+            window_px = (0, 0, width, height)
+        else:
+            l, t, r, b = window
+            window_px = (int(l * width), int(t * height), int(r * width), int(b * height))
+            boxes, labels = apply_crop(boxes, labels, window)
+        flip = bool(torch.rand(1) < FLIP_P)  # v2.RandomHorizontalFlip keeps the image when torch.rand(1) >= p
+        if flip:
+            boxes = torch.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], dim=1)
+        params = self.colour_jitter.make_params([])
+        colour = torch.tensor([params["brightness_factor"], params["contrast_factor"], params["saturation_factor"],
+                               params["hue_factor"]], dtype=torch.float32)
+        if len(labels) > self.max_boxes:
+            raise ValueError(f"{rec.path}: {len(labels)} boxes after augmentation, more than max_boxes "
+                             f"{self.max_boxes}; raise --max_boxes")
+        # clamp, as TrainTransform does: the crop's float arithmetic can leave 1 + 1e-7 at an edge
+        return CompressedSample(data, torch.tensor(window_px), flip, colour, params["fn_idx"], boxes.clamp(0, 1),
+                                labels, rec.image_id, skipped)
+
+
+def collate_compressed(samples: list[CompressedSample]) -> CompressedBatch:
+    """Encoded bytes as a list (their lengths differ), the rest stacked, boxes padded to `box_slots` as
+    `collate_train` pads them, `skipped` summed."""
+    boxes, labels, num_boxes = pad_boxes([s.boxes for s in samples], [s.labels for s in samples])
+    return CompressedBatch(
+        data=[s.data for s in samples],
+        window=torch.stack([s.window for s in samples]),
+        flip=torch.tensor([s.flip for s in samples]),
+        colour=torch.stack([s.colour for s in samples]),
+        colour_order=torch.stack([s.colour_order for s in samples]),
+        boxes=boxes,
+        labels=labels,
+        num_boxes=num_boxes,
+        image_id=torch.tensor([s.image_id for s in samples], dtype=torch.int64),
+        skipped=sum(s.skipped for s in samples),
+    )
+
+
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """[3,H,W] uint8 on `device`, or None. What nvJPEG refuses (PNG bytes under a .jpg name, formats it does not
+    support) decodes on the CPU, which reads JPEG in any colour space, PNG, GIF and WebP."""
+    if device.type == "cuda":
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False)
+        except RuntimeError:
+            pass
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=False).to(device, non_blocking=True)
+    except RuntimeError:
+        return None
+
+
+def decode_images(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """B encoded images -> B x ([3,H,W] uint8 on `device`, or None where they do not decode). On CUDA one batched
+    nvJPEG call; when it fails, image by image, so one bad file costs only itself."""
+    if device.type == "cuda":
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False)
+        except RuntimeError:
+            pass
+    return [_decode_one(d, device) for d in data]
+
+
+def _crop_resize(image: torch.Tensor | None, window: list[int], size: int, device: torch.device) -> torch.Tensor:
+    """[3,H,W] uint8 -> the window resized to [3,S,S] float32 in [0,1]; black for an image that did not decode.
+
+    The window is clamped to the decoded image, in case the header's size (which placed it) is not the data's.
+    antialias: PIL's bilinear resize, which the CPU path uses, widens its filter when it shrinks."""
+    if image is None:
+        return torch.zeros(3, size, size, device=device)
+    _, H, W = image.shape
+    l, t = min(window[0], W - 1), min(window[1], H - 1)
+    r, b = max(min(window[2], W), l + 1), max(min(window[3], H), t + 1)
+    crop = image[None, :, t:b, l:r].float()
+    return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0].div_(255)
+
+
+def _grey(images: torch.Tensor) -> torch.Tensor:
+    """[B,3,H,W] -> [B,1,H,W] luma, with torchvision's tensor weights and arithmetic."""
+    r, g, b = images.unbind(dim=1)
+    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
+
+
+def _blend_step(images: torch.Tensor, factors: torch.Tensor, op: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Each active image [B] applies its op [B] (brightness, contrast or saturation; not hue) with its factor.
+
+    All three are torchvision's blend, clamp(f * x + (1 - f) * target), with target black, the mean of the greyscale
+    image, or the greyscale image; an inactive image blends with factor 1, which leaves it as it is."""
+    shape = (-1, 1, 1, 1)
+    factor = factors.gather(1, op.clamp(max=SATURATION)[:, None]).view(shape)
+    factor = torch.where((active & (op != HUE)).view(shape), factor, 1.0)
+    grey = _grey(images)
+    op = op.view(shape)
+    target = torch.where(op == SATURATION, grey, torch.where(op == CONTRAST, grey.mean((2, 3), keepdim=True), 0.0))
+    return images.mul(factor).add_(target * (1 - factor)).clamp_(0, 1)
+
+
+def _shift_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """[B,3,H,W] in [0,1] -> hue turned by shift [B] (in turns): torchvision's adjust_hue, which goes through HSV.
+
+    The hue is kept in sixths of a turn; back to RGB, channel c is v - chroma * clamp(min(k, 4 - k), 0, 1) with
+    k = (n_c + hue) mod 6, n = (5, 3, 1) for R, G, B: HSV's sector table in closed form (chroma = v * s)."""
+    r, g, b = images.unbind(dim=1)
+    v = images.amax(dim=1)  # [B,H,W]
+    chroma = v - images.amin(dim=1)
+    c = chroma.clamp(min=1e-12)  # chroma 0: grey, whose hue does not matter
+    hue = torch.where(v == r, (g - b) / c, torch.where(v == g, (b - r) / c + 2, (r - g) / c + 4))  # [-1, 5]
+    hue = hue + 6 * shift.view(-1, 1, 1)
+    sectors = torch.arange(5.0, 0.0, -2.0, device=images.device).view(1, 3, 1, 1)  # n, made there: no copy
+    k = torch.remainder(hue.unsqueeze(1) + sectors, 6)  # [B,3,H,W]
+    return v.unsqueeze(1) - chroma.unsqueeze(1) * torch.minimum(k, 4 - k).clamp_(0, 1)
+
+
+def colour_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """torchvision's ColorJitter on a batch, each image with its own factors and op order.
+
+    images [B,3,H,W] float32 in [0,1]; factors [B,4] (brightness, contrast, saturation, hue); order [B,4] op ids.
+    The hue shift, the costly op, runs once for the whole batch: first the blends each image does before its hue
+    shift, then the shift, then the blends after it. No host syncs and fixed shapes, so torch.compile can fuse it.
+    """
+    hue_at = (order == HUE).int().argmax(dim=1)  # [B], position of the hue shift in each image's order
+    for k in range(3):  # position 3 never comes before the hue shift
+        images = _blend_step(images, factors, order[:, k], hue_at > k)
+    images = _shift_hue(images, factors[:, HUE])
+    for k in range(1, 4):  # nor position 0 after it
+        images = _blend_step(images, factors, order[:, k], hue_at < k)
+    return images
+
+
+def decode_and_augment(batch: CompressedBatch, device: torch.device, input_size: int) -> tuple[Batch, int]:
+    """Decode a CompressedBatch on `device`, crop, resize to SxS, flip and colour-jitter it: (a Batch on `device`
+    for the device to encode, the count of images that did not decode).
+
+    `batch` stays on the host, as the loader made it: the decoders read bytes from host memory and the windows are
+    read as ints. Only the crop and resize go image by image (sizes differ); the rest is batched. An image that
+    does not decode is black and its boxes are dropped, so it adds no positives."""
+    images = decode_images(batch.data, device)
+    failed = [i for i, image in enumerate(images) if image is None]
+    windows = batch.window.tolist()
+    resized = torch.stack([_crop_resize(image, window, input_size, device) for image, window in zip(images, windows)])
+    flip = batch.flip.to(device, non_blocking=True).view(-1, 1, 1, 1)
+    resized = torch.where(flip, resized.flip(-1), resized)
+    jittered = colour_jitter(resized, batch.colour.to(device, non_blocking=True),
+                             batch.colour_order.to(device, non_blocking=True))
+    boxes, labels, num_boxes = (t.to(device, non_blocking=True) for t in (batch.boxes, batch.labels, batch.num_boxes))
+    if failed:
+        log.warning("%d image(s) did not decode, trained as black images without boxes: ids %s", len(failed),
+                    [int(batch.image_id[i]) for i in failed])
+        index = torch.tensor(failed, device=device)
+        # out of place: on the CPU `to` returned the caller's tensors
+        boxes, labels, num_boxes = (t.index_fill(0, index, 0) for t in (boxes, labels, num_boxes))
+    images = jittered.mul_(255).round_().to(torch.uint8)
+    augmented = Batch(images=images, boxes=boxes, labels=labels, num_boxes=num_boxes, loc_t=None, labels_t=None,
+                      skipped=batch.skipped)
+    return augmented, len(failed)
+
+
+def should_decode_on_device(setting: str, device: torch.device) -> bool:
+    """--input cpu|device|auto: auto decodes and augments on the GPU (as NVIDIA's DALI pipeline did) on CUDA."""
+    return setting == "device" or (setting == "auto" and device.type == "cuda")
+
+
+def prepare_on_device(device: torch.device, input_size: int):
+    """The DevicePrefetcher step for this path: CompressedBatch (host) -> Batch on `device`, the images that did not
+    decode counted with the skipped ones."""
+    def prepare(batch: CompressedBatch) -> Batch:
+        augmented, failed = decode_and_augment(batch, device, input_size)
+        return augmented._replace(skipped=augmented.skipped + failed)
+
+    return prepare
