@@ -25,7 +25,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m ssd_ds.train --preset demo
 
-# The suite, then the kernels again under the GPU image's triton (3.6): interpreter tests and compile_check.
+# The suite, one test per core (at most 4; most tests launch single-threaded trainer processes), then the kernels
+# again under the GPU image's triton (3.6): interpreter tests and compile_check.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 tests
 	PYTHON=$(PY) bash scripts/triton_compat.sh
