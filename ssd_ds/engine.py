@@ -119,6 +119,7 @@ class TrainingRun:
     state: RunState
     iters_per_epoch: int
     autocast_dtype: torch.dtype | None
+    input_size: int
     prepare_batch: Callable | None = None  # host batch -> Batch on the device (DevicePrefetcher's default: a copy)
     losses: LossWindow = field(default_factory=LossWindow)
     skipped_images: int = 0  # unreadable training images passed over since the last log
@@ -238,8 +239,13 @@ def log_training(run: TrainingRun, elapsed: float, data_wait: float) -> None:
 def save_checkpoint(run: TrainingRun) -> None:
     run.losses.drain(run.ckpt_dir)  # never checkpoint past a non-finite loss
     tag = f"epoch{run.state.epoch:03d}_iter{run.state.iteration:07d}"
+    inference = None
+    if run.rank == 0:
+        inference = checkpoint.inference_state(run.built.engine.module.model, run.cfg.model, run.input_size,
+                                               run.val_set.class_names, run.val_set.label_to_category,
+                                               run.autocast_dtype)
     checkpoint.save(run.built.engine, run.ckpt_dir, tag, client_state(run.state, run.sampler, run.cfg),
-                    run.cfg.keep_checkpoints)
+                    run.cfg.keep_checkpoints, inference)
 
 
 def evaluate(run: TrainingRun, epoch: int) -> None:
@@ -247,7 +253,7 @@ def evaluate(run: TrainingRun, epoch: int) -> None:
     run.mlperf.start(mllog_keys.EVAL_START, metadata={"epoch_num": epoch})
     images_to_draw = run.cfg.eval_images_to_draw if run.rank == 0 else 0
     detections, seen, skipped, examples = predict(
-        run.built.engine.module.model, run.eval_loader, run.built.ops.coder, run.val_set.label_to_category,
+        run.built.eval_model, run.eval_loader, run.built.ops.coder, run.val_set.label_to_category,
         run.device, run.autocast_dtype, images_to_draw, run.built.ops.decode_scores, run.built.memory_format)
     if skipped:
         log.warning("evaluation at epoch %d skipped %d unreadable images on rank %d", epoch, skipped, run.rank)
@@ -259,7 +265,8 @@ def evaluate(run: TrainingRun, epoch: int) -> None:
     run.submitted_at[epoch] = run.state.iteration
     for i, (image, boxes, scores, labels) in enumerate(examples):
         keep = scores > 0.3
-        captions = [f"{label}:{score:.2f}" for label, score in zip(labels[keep].tolist(), scores[keep].tolist())]
+        names = run.val_set.class_names
+        captions = [f"{names[label]} {score:.2f}" for label, score in zip(labels[keep].tolist(), scores[keep].tolist())]
         run.metrics.image(f"val/image_{i}", draw_bounding_boxes(image, boxes[keep] * image.shape[-1],
                                                                 labels=captions), epoch)
 

@@ -3,7 +3,8 @@ background process while training goes on.
 
 Rank 0 writes the gathered detections as an `[N, 7]` array (`image_id, x, y, w, h, score, category_id`, the form
 `COCO.loadRes` takes) to `<run_dir>/eval/epoch_<e>.npy` atomically and starts one spawned process per evaluation
-that runs pycocotools' COCOeval and writes `epoch_<e>.json` atomically. The trainer polls: a finished result is
+that runs COCOeval (faster-coco-eval by default, pycocotools selectable: `--coco_eval`) and writes
+`epoch_<e>.json` atomically. The trainer polls: a finished result is
 picked up; a process that died without a result is logged as failed and the next evaluation simply starts a new one.
 """
 
@@ -32,8 +33,8 @@ log = logging.getLogger(__name__)
 def detect_batch(model, images: torch.Tensor, coder: BoxCoder, device: torch.device,
                  autocast_dtype: torch.dtype | None = None, decode=decode_scores,
                  memory_format: torch.memory_format = torch.contiguous_format):
-    """The device half of evaluation: uint8 images [B,3,S,S] (any device) -> per image (boxes_ltrb [N,4] relative,
-    scores [N], labels [N]) on `device`. `coder` must hold its default boxes on `device` (BoxCoder.to)."""
+    """The device half of evaluation: uint8 images [B,3,S,S] (any device) -> `Detections` on `device` (batched:
+    no host sync). `coder` must hold its default boxes on `device` (BoxCoder.to)."""
     images = normalize_images(images.to(device, non_blocking=True), memory_format)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         locs, logits = model(images)
@@ -55,7 +56,7 @@ def predict(model, loader, coder: BoxCoder, label_to_category: dict[int, int], d
         skipped += n_skipped
         if images is None:
             continue
-        per_image = detect_batch(model, images, coder, device, autocast_dtype, decode, memory_format)
+        per_image = detect_batch(model, images, coder, device, autocast_dtype, decode, memory_format).per_image()
         for (boxes, scores, labels), image in zip(per_image, images):
             if len(examples) < images_to_draw:
                 examples.append((image.cpu(), boxes.cpu(), scores.cpu(), labels.cpu()))
@@ -65,17 +66,27 @@ def predict(model, loader, coder: BoxCoder, label_to_category: dict[int, int], d
     return np.asarray(detections, dtype=np.float64).reshape(-1, 7), seen, skipped, examples
 
 
-def coco_eval(ann_file: str, detections: np.ndarray) -> dict[str, float]:
-    """pycocotools COCOeval (bbox) over every image of the annotation file; AP, AP50, AP75, ... by name."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+COCOEVAL_BACKENDS = ("faster", "pycocotools")
 
+
+def coco_eval(ann_file: str, detections: np.ndarray, backend: str = "faster") -> dict[str, float]:
+    """COCOeval (bbox) over every image of the annotation file; AP, AP50, AP75, ... by name.
+
+    `backend` "faster" is faster-coco-eval, a C++ implementation of pycocotools' algorithm (its AP equals
+    pycocotools' on the same detections: tests/test_evaluate.py), "pycocotools" the reference itself."""
+    if backend == "faster":
+        from faster_coco_eval import COCO
+        from faster_coco_eval import COCOeval_faster as COCOeval
+    elif backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    else:
+        raise ValueError(f"COCOeval backend must be one of {COCOEVAL_BACKENDS}, got {backend!r}")
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(ann_file)
         if len(detections) == 0:
             return {name: 0.0 for name in STAT_NAMES}
-        dt = gt.loadRes(detections)
-        evaluator = COCOeval(gt, dt, iouType="bbox")
+        evaluator = COCOeval(gt, gt.loadRes(detections), iouType="bbox")
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -85,9 +96,9 @@ def coco_eval(ann_file: str, detections: np.ndarray) -> dict[str, float]:
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-def _eval_worker(ann_file: str, det_file: str, result_file: str) -> None:
+def _eval_worker(ann_file: str, det_file: str, result_file: str, backend: str) -> None:
     """Body of the background process: COCOeval of a detections file, result written atomically."""
-    stats = coco_eval(ann_file, np.load(det_file))
+    stats = coco_eval(ann_file, np.load(det_file), backend)
     atomic_write(result_file, json.dumps(stats))
 
 
@@ -101,8 +112,9 @@ class PendingEval:
 class BackgroundEvaluator:
     """One spawned COCOeval process per evaluation; `poll()` returns finished (epoch, stats or None on failure)."""
 
-    def __init__(self, ann_file: str | Path, out_dir: Path):
+    def __init__(self, ann_file: str | Path, out_dir: Path, backend: str = "faster"):
         self.ann_file = str(ann_file)
+        self.backend = backend
         self.out_dir = out_dir
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.pending: list[PendingEval] = []
@@ -115,7 +127,7 @@ class BackgroundEvaluator:
         result_file = self.out_dir / f"epoch_{epoch}.json"
         result_file.unlink(missing_ok=True)
         process = self._ctx.Process(
-            target=_eval_worker, args=(self.ann_file, str(det_file), str(result_file)), daemon=True,
+            target=_eval_worker, args=(self.ann_file, str(det_file), str(result_file), self.backend), daemon=True,
             name=f"coco-eval-epoch-{epoch}",
         )
         process.start()
@@ -148,3 +160,64 @@ class BackgroundEvaluator:
             job.process.kill()
             job.process.join()
         self.pending.clear()
+
+
+STAT_LABELS = ("AP @ IoU 0.50:0.95, all, 100 dets", "AP @ IoU 0.50", "AP @ IoU 0.75", "AP small", "AP medium",
+               "AP large", "AR @ 1 det", "AR @ 10 dets", "AR @ 100 dets", "AR small", "AR medium", "AR large")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float] | None:
+    """`python -m ssd_ds.evaluate --checkpoint C --data DIR [--backend faster|pycocotools]` (one process), or under
+    `deepspeed --num_gpus N --module ssd_ds.evaluate ...` sharded over the ranks: the checkpoint's COCO AP on the data
+    set's val split, computed as the trainer computes it (same transform, precision, post-processing, COCOeval)."""
+    import argparse
+
+    from ssd_ds.anchors import default_boxes_ltrb
+    from ssd_ds.checkpoint import load_inference
+    from ssd_ds.data.coco import CocoDetection
+    from ssd_ds.data.loaders import build_eval_loader
+    from ssd_ds.data.transforms import EvalTransform
+    from ssd_ds.distributed import gather_to_rank0, init_distributed, setup_process_env
+    from ssd_ds.model_config import build_model_config
+    from triton_kernels.select import decode_scores_fn, resolve_backend
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--checkpoint", required=True, help="model.pt, a checkpoint directory, or a run directory")
+    parser.add_argument("--data", required=True, help="COCO-laid-out data set; its val2017 split is evaluated")
+    parser.add_argument("--backend", choices=COCOEVAL_BACKENDS, default="faster", help="COCOeval implementation")
+    parser.add_argument("--batch", type=int, default=64, help="images per batch per rank")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per rank")
+    parser.add_argument("--channels_last", type=int, choices=(0, 1), default=1, help="as the trainer's default")
+    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # DeepSpeed's launcher
+    args = parser.parse_args(argv)
+    setup_process_env()
+    rank, world, device = init_distributed(timeout=600.0)
+    model, meta = load_inference(args.checkpoint, device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    val_set = CocoDetection(args.data, "val", transform=EvalTransform(meta["input_size"]), skip_to_next=False)
+    if val_set.label_to_category != meta["label_to_category"]:
+        raise ValueError(f"{val_set.ann_file}: its categories are not the checkpoint's ({len(meta['class_names']) - 1}"
+                         f" classes, ids {sorted(meta['label_to_category'].values())[:5]}...)")
+    anchors = build_model_config(meta["model"], num_classes=len(meta["class_names"])).anchors
+    coder = BoxCoder(default_boxes_ltrb(anchors)).to(device)
+    loader = build_eval_loader(val_set, rank, world, args.batch, args.workers, pin_memory=device.type == "cuda")
+    autocast = getattr(torch, meta["autocast"]) if meta["autocast"] else None
+    detections, seen, skipped, _ = predict(model, loader, coder, val_set.label_to_category, device, autocast,
+                                           decode=decode_scores_fn(resolve_backend("auto", device)),
+                                           memory_format=memory_format)
+    gathered = gather_to_rank0((detections, len(seen), skipped))
+    if rank != 0:
+        return None
+    stats = coco_eval(val_set.ann_file, np.concatenate([g[0] for g in gathered]), args.backend)
+    print(f"{args.checkpoint}: {sum(g[1] for g in gathered)} images on {world} rank(s), "
+          f"{sum(g[2] for g in gathered)} unreadable, COCOeval ({args.backend}):")
+    for name, label in zip(STAT_NAMES, STAT_LABELS):
+        print(f"  {name:6s} {label:36s} {stats[name]:.4f}")
+    return stats
+
+
+if __name__ == "__main__":
+    from ssd_ds.cli import run_cli
+
+    run_cli(main)

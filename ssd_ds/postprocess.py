@@ -5,10 +5,10 @@ then COCO result records in original-image coordinates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
-from torchvision.ops import batched_nms, box_convert
+from torchvision.ops import box_convert, nms
 
 from ssd_ds.box_coder import BoxCoder, decode_offsets
 
@@ -39,8 +39,63 @@ def detect_image(
     labels = torch.arange(1, C, device=scores.device).expand(k, C - 1)[keep]
     cand_scores = top_scores[keep]
     cand_boxes = boxes_ltrb[anchor_idx]
-    kept = batched_nms(cand_boxes, cand_scores, labels, cfg.nms_iou)[: cfg.max_detections]
+    kept = _nms_by_group(cand_boxes, cand_scores, labels, cfg.nms_iou)[: cfg.max_detections]
     return cand_boxes[kept], cand_scores[kept], labels[kept]
+
+
+class Detections(NamedTuple):
+    """A batch's detections, padded to max_detections: image i's are the first counts[i] rows, by decreasing score."""
+
+    boxes: torch.Tensor  # [B,M,4] relative ltrb
+    scores: torch.Tensor  # [B,M]
+    labels: torch.Tensor  # [B,M] int64 in 1..C-1 (0 in the padding)
+    counts: torch.Tensor  # [B] int64
+
+    def per_image(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(boxes [N,4], scores [N], labels [N]) per image: the one host sync, for what reads them on the host."""
+        return [(self.boxes[i, :n], self.scores[i, :n], self.labels[i, :n]) for i, n in enumerate(self.counts.tolist())]
+
+
+def select_detections(
+    boxes_ltrb: torch.Tensor, scores: torch.Tensor, cfg: PostprocessConfig = PostprocessConfig()
+) -> Detections:
+    """`detect_image` for a whole batch at once: boxes_ltrb [B,A,4], scores [B,A,C] -> Detections, image by image
+    the same detections in the same order.
+
+    One top-k, one threshold and one NMS over the batch: every (image, class) pair is an NMS group, kept apart by
+    offsetting its boxes (in float64, so the offsets cost the IoUs no precision), then each image's first
+    max_detections by rank. No loop over images or classes and no host sync (the outputs have fixed shapes)."""
+    B, A, C = scores.shape
+    M = cfg.max_detections
+    k = min(cfg.topk_per_class, A)
+    top_scores, top_idx = scores[:, :, 1:].topk(k, dim=1)  # [B, k, C-1] per image and class
+    keep = top_scores > cfg.score_threshold
+    image = torch.arange(B, device=scores.device).view(B, 1, 1).expand_as(top_idx)[keep]
+    labels = torch.arange(1, C, device=scores.device).expand_as(top_idx)[keep]
+    cand_scores = top_scores[keep]
+    cand_boxes = boxes_ltrb[image, top_idx[keep]]
+    kept = _nms_by_group(cand_boxes, cand_scores, image * C + labels, cfg.nms_iou)  # score order, all images
+    kept = kept[torch.sort(image[kept], stable=True).indices]  # by image, score order within each
+    owner = image[kept]
+    counts = torch.zeros(B, dtype=torch.int64, device=scores.device).scatter_add_(0, owner, torch.ones_like(owner))
+    rank = torch.ones_like(owner).cumsum(0) - 1 - (counts.cumsum(0) - counts)[owner]  # position within its image
+    first = rank < M
+    kept, owner, rank = kept[first], owner[first], rank[first]
+    out = Detections(boxes_ltrb.new_zeros(B, M, 4, dtype=torch.float32), scores.new_zeros(B, M),
+                     torch.zeros(B, M, dtype=torch.int64, device=scores.device), counts.clamp(max=M))
+    out.boxes[owner, rank] = cand_boxes[kept].float()
+    out.scores[owner, rank] = cand_scores[kept]
+    out.labels[owner, rank] = labels[kept]
+    return out
+
+
+def _nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou: float) -> torch.Tensor:
+    """Indices kept by greedy NMS within each group, in decreasing score: torchvision's coordinate trick, always
+    (batched_nms switches to a Python loop over groups for large inputs: thousands of image-class groups here).
+    No branch on the number of boxes, which is data-dependent (a zero beside them makes the span of none defined)."""
+    coords = torch.cat([boxes.double().flatten(), boxes.new_zeros(1, dtype=torch.float64)])
+    offsets = groups.to(torch.float64) * (coords.max() - coords.min() + 1)
+    return nms(boxes.double() + offsets[:, None], scores.double(), iou)
 
 
 def decode_scores(
@@ -62,13 +117,13 @@ def postprocess(
     coder: BoxCoder,
     cfg: PostprocessConfig = PostprocessConfig(),
     decode: Callable[..., tuple[torch.Tensor, torch.Tensor]] = decode_scores,
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Batch: locs [B,A,4], logits [B,A,C] -> per image (boxes_ltrb [N,4] relative, scores [N], labels [N]).
+) -> Detections:
+    """Batch: locs [B,A,4], logits [B,A,C] -> Detections (per image: boxes_ltrb relative, scores, labels).
 
     `decode` is `decode_scores` or a kernel of the same signature (triton_kernels.select.decode_scores_fn).
     """
     boxes, scores = decode(locs, logits, coder.dboxes_cxcywh, cfg.score_threshold)
-    return [detect_image(b, s, cfg) for b, s in zip(boxes, scores)]
+    return select_detections(boxes, scores, cfg)
 
 
 def to_coco_results(

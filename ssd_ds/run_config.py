@@ -51,6 +51,7 @@ class RunConfig:
     eval_every: int = 5  # ... and every this many epochs after the last one
     target_map: float = 0.23  # stop when COCO AP reaches this
     eval_batch: int = 64  # images per rank per evaluation batch
+    coco_eval: str = "faster"  # COCOeval backend: faster (faster-coco-eval, C++) or pycocotools (the reference)
     workers: int = 4  # DataLoader worker processes per rank
     threads: int = 0  # torch intra-op threads per rank (0: leave torch's default)
     compile: str = "auto"  # torch.compile of model+loss: auto (on for CUDA), on, off
@@ -129,6 +130,7 @@ PRESETS = {"mlperf": mlperf, "demo": demo}
 
 PRESETS = {"mlperf": mlperf, "demo": demo}
 CHOICES = {"compile": ("auto", "on", "off"), "kernels": ("auto", "torch", "triton"), "input": ("auto", "cpu", "device"),
+           "coco_eval": ("faster", "pycocotools"),
            "encode_on_device": ("auto", "on", "off"), "warm_up": ("auto", "on", "off"),
            "division": ("closed", "open")}
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

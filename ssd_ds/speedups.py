@@ -27,12 +27,7 @@ from ssd_ds.data.transforms import normalize_images
 from ssd_ds.ds_config import engine_settings
 from ssd_ds.model_config import ModelConfig
 from ssd_ds.step import SSDTrainStep
-from triton_kernels.select import (
-    decode_scores_fn,
-    encode_fn,
-    resolve_backend,
-    ssd_loss_fn,
-)
+from triton_kernels.select import decode_scores_fn, encode_fn, resolve_backend, ssd_loss_fn
 
 
 @dataclass
@@ -109,6 +104,7 @@ class Engine:
     ops: DeviceOps
     memory_format: torch.memory_format
     compiled: bool
+    eval_model: torch.nn.Module  # the model evaluation runs: compiled (for inference) where the step is
 
 
 def build_engine(model: torch.nn.Module, model_cfg: ModelConfig, device: torch.device, ds_config: dict, *,
@@ -129,7 +125,8 @@ def build_engine(model: torch.nn.Module, model_cfg: ModelConfig, device: torch.d
     scheduler = scheduler_fn(optimizer) if scheduler_fn else None
     engine = init_deepspeed(step, optimizer, scheduler, engine_settings(ds_config, device))
     memory_format = apply_memory_format(engine, channels_last)
-    return Engine(engine, ops, memory_format, compiled)
+    eval_model = torch.compile(model) if compiled else model  # shares the parameters; traced at the first evaluation
+    return Engine(engine, ops, memory_format, compiled, eval_model)
 
 
 def synthetic_batch(micro_batch: int, input_size: int, max_boxes: int, generator: torch.Generator | None = None):

@@ -17,8 +17,8 @@ from mlperf_logging.mllog import constants as mllog_keys
 from ssd_ds import checkpoint, ds_config
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
-from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.batch import collate_train
+from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.device_input import (CompressedTrainTransform, collate_compressed, prepare_on_device,
                                       should_decode_on_device)
 from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, check_shared_memory
@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> RunState:
         cfg=cfg, rank=rank, world=world, device=device, plan=plan, built=built, sampler=sampler,
         train_loader=train_loader, eval_loader=eval_loader, val_set=val_set, run_dir=run_dir, mlperf=mlperf,
         metrics=MetricsLogger(run_dir, enabled=rank == 0, append=resume_from is not None),
-        evaluator=BackgroundEvaluator(val_set.ann_file, run_dir / "eval") if rank == 0 else None,
+        evaluator=BackgroundEvaluator(val_set.ann_file, run_dir / "eval", cfg.coco_eval) if rank == 0 else None,
         state=state, iters_per_epoch=iters_per_epoch, autocast_dtype=engine_cfg.autocast_dtype,
+        input_size=model_cfg.input_size,
         prepare_batch=prepare_on_device(device, model_cfg.input_size) if decode_on_device else None)
     if cfg.eval_only:
         return report(run, evaluate_only(run))

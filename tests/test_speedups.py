@@ -8,11 +8,7 @@ import torch
 from deepspeed.utils.config import get_timers_config
 
 from ssd_ds.data.batch import Batch
-from ssd_ds.data.loaders import (
-    DevicePrefetcher,
-    check_shared_memory,
-    shared_memory_needed,
-)
+from ssd_ds.data.loaders import DevicePrefetcher, check_shared_memory, shared_memory_needed
 from ssd_ds.ds_config import engine_settings
 from tests.helpers import REPO
 

@@ -294,9 +294,11 @@ class CocoDetection(torch.utils.data.Dataset):
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"{self.image_dir}: image directory not found")
         self.ann_file = annotation_file(root, split)
-        self.records, self.label_to_category, self.stats = parse_coco(
-            load_json(self.ann_file), self.image_dir, self.ann_file
-        )
+        data = load_json(self.ann_file)
+        self.records, self.label_to_category, self.stats = parse_coco(data, self.image_dir, self.ann_file)
+        names = {cat["id"]: str(cat.get("name", cat["id"])) for cat in data["categories"]}
+        self.class_names = ["background"] + [names[self.label_to_category[label]]
+                                             for label in range(1, len(self.label_to_category) + 1)]
         if not self.records:
             raise ValueError(f"{self.ann_file}: no image with a usable box")
         self.num_classes = len(self.label_to_category) + 1  # + background

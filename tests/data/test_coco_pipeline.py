@@ -8,12 +8,7 @@ from torchvision.ops import box_iou
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
 from ssd_ds.data.coco import CocoDetection
-from ssd_ds.data.loaders import (
-    TrainSampler,
-    build_eval_loader,
-    build_train_loader,
-    eval_shard,
-)
+from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, eval_shard
 from ssd_ds.data.transforms import CROP_MODES, EvalTransform, TrainTransform, try_crop
 from ssd_ds.model_config import cpu_small
 

@@ -20,15 +20,8 @@ import ssd_ds.data.transforms as transforms
 from ssd_ds.data import device_input
 from ssd_ds.data.batch import box_slots
 from ssd_ds.data.coco import CocoDetection, ImageRecord, read_image_bytes
-from ssd_ds.data.device_input import (
-    CompressedBatch,
-    CompressedSample,
-    CompressedTrainTransform,
-    collate_compressed,
-    colour_jitter,
-    decode_and_augment,
-    decode_images,
-)
+from ssd_ds.data.device_input import (CompressedBatch, CompressedSample, CompressedTrainTransform, collate_compressed,
+                                      colour_jitter, decode_and_augment, decode_images)
 from ssd_ds.data.loaders import TrainSampler, build_train_loader, sample_seed
 from ssd_ds.data.transforms import TrainTransform
 

@@ -54,12 +54,11 @@ def test_postprocess_with_kernel_equals_reference(device):
     locs, logits, dboxes = make_inputs(2, 301, 11, device, torch.float32)
     coder = BoxCoder(box_convert(dboxes, "cxcywh", "xyxy"))
     cfg = PostprocessConfig(topk_per_class=20, max_detections=30)
-    for (b1, s1, l1), (b0, s0, l0) in zip(
-        postprocess(locs, logits, coder, cfg, decode=decode_scores), postprocess(locs, logits, coder, cfg)
-    ):
-        assert torch.equal(l1, l0)
-        torch.testing.assert_close(s1, s0)
-        torch.testing.assert_close(b1, b0)
+    kernel = postprocess(locs, logits, coder, cfg, decode=decode_scores)
+    reference = postprocess(locs, logits, coder, cfg)
+    assert torch.equal(kernel.counts, reference.counts) and torch.equal(kernel.labels, reference.labels)
+    torch.testing.assert_close(kernel.scores, reference.scores)
+    torch.testing.assert_close(kernel.boxes, reference.boxes)
 
 
 def test_rejects_bad_shapes(device):
