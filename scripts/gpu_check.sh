@@ -99,7 +99,7 @@ export WORKERS COMPILE BENCH_BATCHES BENCH_STEPS DATA_BATCH DATA_SECONDS
 if ! ((DRY_RUN)) || [[ -z "${TORCH_EXTENSIONS_DIR:-}" ]]; then export TORCH_EXTENSIONS_DIR="$WORK/torch_extensions"; fi
 
 if ! "$PY" - > "$WORK/env.txt" 2>&1 <<'PY'
-import torch, triton, deepspeed, pycocotools, mlperf_logging, torch.utils.tensorboard  # noqa: F401
+import torch, triton, deepspeed, pycocotools, faster_coco_eval, mlperf_logging, torch.utils.tensorboard  # noqa: F401
 gpu = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})" if torch.cuda.is_available() else "no CUDA GPU"
 print(f"{gpu} | torch {torch.__version__} | triton {triton.__version__} | deepspeed {deepspeed.__version__}")
 PY
