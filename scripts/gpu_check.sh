@@ -57,7 +57,7 @@ step() {
   fi
   ((limit > left)) && limit=$left
   local t0=$SECONDS rc status
-  if declare -F "$1" > /dev/null; then set -- bash -c "$*"; fi
+  if declare -F "$1" > /dev/null; then set -- bash -c '"$@"' bash "$@"; fi  # an exported function, args kept
   timeout -k 10 "$limit" "$@" > "$WORK/$name.log" 2>&1
   rc=$?
   case $rc in
@@ -128,24 +128,23 @@ smoke() {
 export -f smoke
 step train_smoke 180 smoke
 
-# --- 3. training-step throughput of the trainer's configuration ----------------------------------------------
-throughput() {
-  # Rows reach the summary as they are printed, so a step cut by its limit keeps what it measured.
-  "$PY" -m ssd_ds.bench train --model "$MODEL" --num_classes "$NUM_CLASSES" --batch "$BENCH_BATCHES" \
-    --steps "$BENCH_STEPS" | tee >(grep --line-buffered -E "^training step|^  batch" > "$WORK/train_throughput.result")
+# bench_rows NAME PATTERN CMD...: CMD's output, and its lines matching PATTERN in NAME.result as they are printed,
+# so that a step cut by its limit keeps the rows it measured.
+bench_rows() {
+  local name=$1 pattern=$2
+  shift 2
+  "$@" | tee >(grep --line-buffered -E "$pattern" > "$WORK/$name.result")
   return "${PIPESTATUS[0]}"
 }
-export -f throughput
-step train_throughput 150 throughput
+export -f bench_rows
+
+# --- 3. training-step throughput of the trainer's configuration ----------------------------------------------
+step train_throughput 150 bench_rows train_throughput "^training step|^  batch" "$PY" -m ssd_ds.bench train \
+  --model "$MODEL" --num_classes "$NUM_CLASSES" --batch "$BENCH_BATCHES" --steps "$BENCH_STEPS"
 
 # --- 4. the input pipeline: the CPU path per core, the device path (decode and augment on the GPU) ------------
-data_throughput() {
-  "$PY" -m ssd_ds.bench data --data "$WORK/synthetic" --model "$MODEL" --batch "$DATA_BATCH" \
-    --seconds "$DATA_SECONDS" | tee >(grep --line-buffered -E "img/s|cores per" > "$WORK/data_throughput.result")
-  return "${PIPESTATUS[0]}"
-}
-export -f data_throughput
-step data_throughput 90 data_throughput
+step data_throughput 90 bench_rows data_throughput "img/s|cores per" "$PY" -m ssd_ds.bench data \
+  --data "$WORK/synthetic" --model "$MODEL" --batch "$DATA_BATCH" --seconds "$DATA_SECONDS"
 
 # --- 5. kernels: tests on CUDA, then microbenchmarks ---------------------------------------------------------
 # shellcheck disable=SC2086  # KERNEL_TESTS and KERNEL_BATCHES are word lists

@@ -99,12 +99,10 @@ def parameter_checksums(module: torch.nn.Module, device: torch.device) -> list[f
     equal; `verify_replicas` raises when they are not."""
     with torch.no_grad():
         local = torch.stack([p.double().sum() for p in module.parameters()]).sum().reshape(1).to(device)
-    sums = [torch.zeros_like(local) for _ in range(_world())]
-    if _world() == 1:
-        sums = [local]
-    else:
+    sums = [local] if _world() == 1 else [torch.zeros_like(local) for _ in range(_world())]
+    if _world() > 1:
         dist.all_gather(sums, local)
-    return [float(s.item()) for s in sums]
+    return [float(s) for s in sums]
 
 
 def verify_replicas(checksums: list[float]) -> None:

@@ -73,10 +73,10 @@ class LossWindow:
     """The losses of the steps since the last log, kept on the device: one host sync per `log_every` steps."""
 
     def __init__(self):
-        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def add(self, iteration: int, loss: torch.Tensor, loc: torch.Tensor, conf: torch.Tensor) -> None:
-        self.pending.append((iteration, torch.stack([loss, loc, conf])))
+        self.pending.append((iteration, loss, loc, conf))  # nothing launched per step: stacked when drained
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -85,9 +85,9 @@ class LossWindow:
         """The pending losses as records (one sync); a non-finite loss stops the run naming the iteration."""
         if not self.pending:
             return []
-        values = torch.stack([v for _, v in self.pending]).float().cpu().tolist()
-        records = [{"iteration": it, "loss": loss, "loc": loc, "conf": conf}
-                   for (it, _), (loss, loc, conf) in zip(self.pending, values)]
+        values = torch.stack([torch.stack(p[1:]) for p in self.pending]).float().cpu().tolist()
+        records = [{"iteration": p[0], "loss": loss, "loc": loc, "conf": conf}
+                   for p, (loss, loc, conf) in zip(self.pending, values)]
         self.pending = []
         for record in records:
             if not math.isfinite(record["loss"]):

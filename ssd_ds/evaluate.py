@@ -162,6 +162,17 @@ class BackgroundEvaluator:
         self.pending.clear()
 
 
+def inference_ops(meta: dict, device: torch.device):
+    """(the ops a checkpoint's model is evaluated with on `device`, its autocast dtype), as the trainer chooses them
+    (`speedups.apply_kernels`: default boxes on the device, the Triton or torch decode) from `load_inference`'s meta."""
+    from ssd_ds.model_config import build_model_config
+    from ssd_ds.speedups import apply_kernels
+
+    ops = apply_kernels(build_model_config(meta["model"], num_classes=len(meta["class_names"])), device,
+                        encode_on_device="off")
+    return ops, getattr(torch, meta["autocast"]) if meta["autocast"] else None
+
+
 STAT_LABELS = ("AP @ IoU 0.50:0.95, all, 100 dets", "AP @ IoU 0.50", "AP @ IoU 0.75", "AP small", "AP medium",
                "AP large", "AR @ 1 det", "AR @ 10 dets", "AR @ 100 dets", "AR small", "AR medium", "AR large")
 
@@ -172,14 +183,11 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
     set's val split, computed as the trainer computes it (same transform, precision, post-processing, COCOeval)."""
     import argparse
 
-    from ssd_ds.anchors import default_boxes_ltrb
     from ssd_ds.checkpoint import load_inference
     from ssd_ds.data.coco import CocoDetection
     from ssd_ds.data.loaders import build_eval_loader
     from ssd_ds.data.transforms import EvalTransform
     from ssd_ds.distributed import gather_to_rank0, init_distributed, setup_process_env
-    from ssd_ds.model_config import build_model_config
-    from triton_kernels.select import decode_scores_fn, resolve_backend
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--checkpoint", required=True, help="model.pt, a checkpoint directory, or a run directory")
@@ -199,13 +207,10 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
     if val_set.label_to_category != meta["label_to_category"]:
         raise ValueError(f"{val_set.ann_file}: its categories are not the checkpoint's ({len(meta['class_names']) - 1}"
                          f" classes, ids {sorted(meta['label_to_category'].values())[:5]}...)")
-    anchors = build_model_config(meta["model"], num_classes=len(meta["class_names"])).anchors
-    coder = BoxCoder(default_boxes_ltrb(anchors)).to(device)
+    ops, autocast = inference_ops(meta, device)
     loader = build_eval_loader(val_set, rank, world, args.batch, args.workers, pin_memory=device.type == "cuda")
-    autocast = getattr(torch, meta["autocast"]) if meta["autocast"] else None
-    detections, seen, skipped, _ = predict(model, loader, coder, val_set.label_to_category, device, autocast,
-                                           decode=decode_scores_fn(resolve_backend("auto", device)),
-                                           memory_format=memory_format)
+    detections, seen, skipped, _ = predict(model, loader, ops.coder, val_set.label_to_category, device, autocast,
+                                           decode=ops.decode_scores, memory_format=memory_format)
     gathered = gather_to_rank0((detections, len(seen), skipped))
     if rank != 0:
         return None

@@ -21,15 +21,11 @@ from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
-from ssd_ds.anchors import default_boxes_ltrb
-from ssd_ds.box_coder import BoxCoder
 from ssd_ds.checkpoint import load_inference
 from ssd_ds.data.transforms import EvalTransform
-from ssd_ds.evaluate import detect_batch
+from ssd_ds.evaluate import detect_batch, inference_ops
 from ssd_ds.fileio import atomic_write
-from ssd_ds.model_config import build_model_config
 from ssd_ds.postprocess import to_coco_results
-from triton_kernels.select import decode_scores_fn, resolve_backend
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -66,9 +62,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     model, meta = load_inference(args.checkpoint, device)
     names, size = meta["class_names"], meta["input_size"]
-    coder = BoxCoder(default_boxes_ltrb(build_model_config(meta["model"], len(names)).anchors)).to(device)
-    decode = decode_scores_fn(resolve_backend("auto", device))
-    autocast = getattr(torch, meta["autocast"]) if meta["autocast"] else None
+    ops, autocast = inference_ops(meta, device)
     paths = find_images(Path(args.input))
     ids = dict(zip(paths, image_ids(paths)))
     out_dir = Path(args.output)
@@ -86,7 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not batch:
             continue
         images = torch.stack([resize(image) for _, image in batch])
-        detections = detect_batch(model, images, coder, device, autocast, decode).per_image()
+        detections = detect_batch(model, images, ops.coder, device, autocast, ops.decode_scores).per_image()
         for (path, image), (boxes, scores, labels) in zip(batch, detections):
             keep = scores > args.score
             boxes, scores, labels = boxes[keep].cpu(), scores[keep].cpu(), labels[keep].cpu()
