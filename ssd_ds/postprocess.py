@@ -57,34 +57,51 @@ class Detections(NamedTuple):
 
 
 def select_detections(
-    boxes_ltrb: torch.Tensor, scores: torch.Tensor, cfg: PostprocessConfig = PostprocessConfig()
+    boxes_ltrb: torch.Tensor, scores: torch.Tensor, cfg: PostprocessConfig = PostprocessConfig(),
+    multiclass_nms: Callable[..., torch.Tensor] | None = None,
 ) -> Detections:
     """`detect_image` for a whole batch at once: boxes_ltrb [B,A,4], scores [B,A,C] -> Detections, image by image
     the same detections in the same order.
 
     One top-k, one threshold and one NMS over the batch: every (image, class) pair is an NMS group, kept apart by
     offsetting its boxes (in float64, so the offsets cost the IoUs no precision), then each image's first
-    max_detections by rank. No loop over images or classes and no host sync (the outputs have fixed shapes)."""
+    max_detections by rank. No loop over images or classes and no host sync (the outputs have fixed shapes).
+
+    `multiclass_nms(boxes [B,A,4], scores [B,C-1,A], iou, score_threshold) -> [N,3] (image, class, anchor)` replaces
+    the threshold and the NMS when given: ONNX's NonMaxSuppression, which has no float64 (ssd_ds.export)."""
     B, A, C = scores.shape
-    M = cfg.max_detections
     k = min(cfg.topk_per_class, A)
     top_scores, top_idx = scores[:, :, 1:].topk(k, dim=1)  # [B, k, C-1] per image and class
-    keep = top_scores > cfg.score_threshold
-    image = torch.arange(B, device=scores.device).view(B, 1, 1).expand_as(top_idx)[keep]
-    labels = torch.arange(1, C, device=scores.device).expand_as(top_idx)[keep]
-    cand_scores = top_scores[keep]
-    cand_boxes = boxes_ltrb[image, top_idx[keep]]
-    kept = _nms_by_group(cand_boxes, cand_scores, image * C + labels, cfg.nms_iou)  # score order, all images
-    kept = kept[torch.sort(image[kept], stable=True).indices]  # by image, score order within each
+    if multiclass_nms is None:
+        keep = top_scores > cfg.score_threshold
+        image = torch.arange(B, device=scores.device).view(B, 1, 1).expand_as(top_idx)[keep]
+        labels = torch.arange(1, C, device=scores.device).expand_as(top_idx)[keep]
+        cand_scores = top_scores[keep]
+        cand_boxes = boxes_ltrb[image, top_idx[keep]]
+        kept = _nms_by_group(cand_boxes, cand_scores, image * C + labels, cfg.nms_iou)  # score order, all images
+    else:  # the top-k as a dense [B, C-1, A] score map (0 elsewhere), thresholded and NMSed by the op
+        dense = torch.zeros_like(scores[:, :, 1:]).scatter(1, top_idx, top_scores).transpose(1, 2)
+        image, cls, anchor = multiclass_nms(boxes_ltrb, dense, cfg.nms_iou, cfg.score_threshold).unbind(1)
+        labels, cand_scores, cand_boxes = cls + 1, dense[image, cls, anchor], boxes_ltrb[image, anchor]
+        kept = cand_scores.argsort(descending=True)
+    return _first_per_image(cand_boxes, cand_scores, labels, image, kept, B, cfg.max_detections)
+
+
+def _first_per_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, image: torch.Tensor,
+                     kept: torch.Tensor, B: int, M: int) -> Detections:
+    """Detections from candidates (boxes [N,4], scores, labels, image [N]) kept in score order (`kept`): each image's
+    first M, padded."""
+    order = image[kept] * kept.numel() + torch.arange(kept.numel(), device=kept.device)  # unique: no stable sort
+    kept = kept[order.argsort()]  # by image, score order within each
     owner = image[kept]
     counts = torch.zeros(B, dtype=torch.int64, device=scores.device).scatter_add_(0, owner, torch.ones_like(owner))
     rank = torch.ones_like(owner).cumsum(0) - 1 - (counts.cumsum(0) - counts)[owner]  # position within its image
     first = rank < M
     kept, owner, rank = kept[first], owner[first], rank[first]
-    out = Detections(boxes_ltrb.new_zeros(B, M, 4, dtype=torch.float32), scores.new_zeros(B, M),
+    out = Detections(boxes.new_zeros(B, M, 4, dtype=torch.float32), scores.new_zeros(B, M),
                      torch.zeros(B, M, dtype=torch.int64, device=scores.device), counts.clamp(max=M))
-    out.boxes[owner, rank] = cand_boxes[kept].float()
-    out.scores[owner, rank] = cand_scores[kept]
+    out.boxes[owner, rank] = boxes[kept].float()
+    out.scores[owner, rank] = scores[kept]
     out.labels[owner, rank] = labels[kept]
     return out
 

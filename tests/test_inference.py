@@ -57,6 +57,11 @@ def test_missing_or_foreign_checkpoint_is_a_clear_error(trained, synthetic_datas
     torch.save({**meta, "model": "mlperf", "input_size": 300, "state_dict": model.state_dict()}, foreign)
     proc = evaluate("--checkpoint", foreign, "--data", synthetic_dataset)
     assert proc.returncode == 2 and "foreign.pt: weights do not fit model preset 'mlperf'" in proc.stderr
+    other_ids = tmp_path / "other_ids.pt"  # the same model trained on another data set's categories
+    torch.save({**meta, "label_to_category": {k: v + 100 for k, v in meta["label_to_category"].items()},
+                "state_dict": model.state_dict()}, other_ids)
+    proc = evaluate("--checkpoint", other_ids, "--data", synthetic_dataset)
+    assert proc.returncode == 2 and "instances_val2017.json: its categories are not the checkpoint's" in proc.stderr
 
 
 def test_predict_draws_images_and_writes_results_pycocotools_loads(trained, synthetic_dataset, tmp_path):
@@ -81,3 +86,76 @@ def test_predict_draws_images_and_writes_results_pycocotools_loads(trained, synt
     gt = COCO(str(synthetic_dataset / "annotations" / "instances_val2017.json"))
     loaded = gt.loadRes([{k: r[k] for k in ("image_id", "bbox", "score", "category_id")} for r in results])
     assert len(loaded.getAnnIds()) == len(results)
+
+
+def val_images(synthetic_dataset, count: int, size: int = 128) -> torch.Tensor:
+    from ssd_ds.data.coco import CocoDetection
+    from ssd_ds.data.transforms import EvalTransform
+
+    val = CocoDetection(synthetic_dataset, "val", transform=EvalTransform(size))
+    return torch.stack([val[i][0] for i in range(count)])
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "exported_program"])
+def test_export_gives_the_evaluations_detections(trained, synthetic_dataset, tmp_path, fmt):
+    """The exported file (run by onnxruntime, or loaded as an ExportedProgram) on real images at batch sizes other
+    than the one exported with equals the trainer's evaluation of the same images (ssd_ds.evaluate.detect_batch)."""
+    import json
+
+    from ssd_ds.data.transforms import normalize_images
+    from ssd_ds.evaluate import detect_batch, inference_ops
+    from ssd_ds.export import compare, run_exported
+
+    output = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'pt2'}"
+    proc = subprocess.run([sys.executable, "-m", "ssd_ds.export", "--checkpoint", str(trained), "--format", fmt,
+                           "--output", str(output)], cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "detections match the PyTorch model's" in proc.stdout
+    model, meta = load_inference(trained)
+    ops, _ = inference_ops(meta, torch.device("cpu"))
+    images = val_images(synthetic_dataset, 4)
+    for batch in (images[:1], images[1:4]):
+        want = detect_batch(model, batch, ops.coder, torch.device("cpu"))
+        got = run_exported(fmt, output, normalize_images(batch))
+        assert [t.shape for t in got] == [t.shape for t in want]
+        report = compare(got, want)
+        assert report["detections"] > 0 and report["matched"] == report["detections"] and report["counts_equal"]
+    if fmt == "onnx":
+        import onnx
+
+        stored = {p.key: p.value for p in onnx.load(str(output)).metadata_props}["ssd_ds"]
+    else:
+        extra = {"ssd_ds.json": ""}
+        torch.export.load(str(output), extra_files=extra)
+        stored = extra["ssd_ds.json"]
+    stored = json.loads(stored)
+    assert stored["class_names"] == meta["class_names"] and stored["input_size"] == 128
+    assert {int(k): v for k, v in stored["label_to_category"].items()} == meta["label_to_category"]
+
+
+def test_onnx_nms_equals_the_trainers_nms(tmp_path):
+    """ONNX's NonMaxSuppression, which the ONNX export runs, keeps what the trainer's NMS keeps: random boxes and
+    scores over several images and classes, with ties of score and of box."""
+    import onnxruntime
+
+    from ssd_ds.export import _onnx_multiclass_nms, multiclass_nms
+
+    class NMS(torch.nn.Module):
+        def forward(self, boxes, scores):
+            return torch.ops.ssd_ds.multiclass_nms(boxes, scores, 0.5, 0.05)
+
+    generator = torch.Generator().manual_seed(0)
+    for ties in (False, True):
+        xy = torch.rand(3, 500, 2, generator=generator)
+        boxes = torch.cat([xy, xy + 0.05 + 0.3 * torch.rand(3, 500, 2, generator=generator)], dim=-1)
+        scores = torch.rand(3, 4, 500, generator=generator)
+        if ties:
+            boxes, scores = (boxes * 16).round() / 16, (scores * 20).round() / 20
+        want = multiclass_nms(boxes, scores, 0.5, 0.05)
+        path = tmp_path / f"nms_{ties}.onnx"
+        torch.onnx.export(NMS().eval(), (boxes, scores), dynamo=True, custom_translation_table=_onnx_multiclass_nms(),
+                          input_names=["boxes", "scores"], verbose=False).save(str(path))
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"boxes": boxes.numpy(), "scores": scores.numpy()})[0]
+        assert len(want) > 100
+        assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want.tolist())), ties
