@@ -3,17 +3,18 @@
 The exported model takes a normalised image batch (float32 [B,3,S,S], B free: `ssd_ds.data.transforms.normalize_images`
 of the resized uint8 image) and returns the evaluation's detections (SPEC section 6), post-processing included:
 
-    boxes  [B,200,4] float32  relative (l, t, r, b) in [0, 1] before clamping
+    boxes  [B,200,4] float32  relative (l, t, r, b), not clamped to [0, 1]
     scores [B,200]   float32  by decreasing score; image i's first counts[i] rows are its detections
     labels [B,200]   int64    1..C-1 (index into class_names; 0 in the padding)
     counts [B]       int64
 
 Decode, softmax, per-class top-200 over 0.05, NMS at IoU 0.5 and the per-image top-200 are all in the graph. The
-ONNX model runs NMS as ONNX's `NonMaxSuppression` (float32 IoUs: the trainer's NMS computes them in float64, so a box
-pair at IoU 0.5 to within 1e-7 may go the other way); the ExportedProgram runs torchvision's NMS, as the trainer
-does (load it with `import torchvision` first). Both are exported on the CPU in float32, whatever precision the run
-evaluated in. What predict needs beyond the tensors (class names, the label -> COCO category id map, the input size)
-is stored in the file: ONNX metadata `ssd_ds` and the ExportedProgram's extra file `ssd_ds.json`, as JSON.
+ONNX model runs NMS as ONNX's `NonMaxSuppression` (float32 IoUs: the trainer's NMS computes them in float64, so a
+box pair at IoU 0.5 to within 1e-7 may go the other way, and detections of equal score may come in another order);
+the ExportedProgram runs torchvision's NMS, as the trainer does (load it with `import torchvision` first). Both are
+exported on the CPU in float32, whatever precision the run evaluated in. What predict needs beyond the tensors
+(class names, the label -> COCO category id map, the input size) is stored in the file: ONNX metadata `ssd_ds` and
+the ExportedProgram's extra file `ssd_ds.json`, as JSON.
 
 After writing, the export runs the file (onnxruntime, or the loaded ExportedProgram) on a seeded batch and compares
 its detections with the PyTorch model's; it fails when they differ beyond float32 rounding.
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     output = Path(args.output)
     if output.is_dir():
         raise ValueError(f"{output}: is a directory; --output names the file to write")
+    if args.format == "exported_program" and output.suffix != ".pt2":
+        raise ValueError(f"{output}: an ExportedProgram file must end in .pt2 (torch.export.load expects it)")
     model, meta = load_inference(args.checkpoint, "cpu")
     size = meta["input_size"]
     generator = torch.Generator().manual_seed(0)
@@ -175,7 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"check on {len(images)} seeded images: {report['matched']} of {report['detections']} detections match the "
           f"PyTorch model's (largest differences: box {report['max_box_diff']:.2e}, score "
           f"{report['max_score_diff']:.2e})")
-    if report["matched"] < report["detections"]:
+    if report["detections"] == 0:
+        print("  the seeded batch gave no detection (an untrained model?): only the counts were compared")
+    if report["matched"] < report["detections"] or not report["counts_equal"]:
         raise SystemExit(f"error: {output}: the exported model's detections differ from the PyTorch model's")
     return report
 

@@ -109,10 +109,18 @@ def _first_per_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Te
 def _nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou: float) -> torch.Tensor:
     """Indices kept by greedy NMS within each group, in decreasing score: torchvision's coordinate trick, always
     (batched_nms switches to a Python loop over groups for large inputs: thousands of image-class groups here).
-    No branch on the number of boxes, which is data-dependent (a zero beside them makes the span of none defined)."""
-    coords = torch.cat([boxes.double().flatten(), boxes.new_zeros(1, dtype=torch.float64)])
-    offsets = groups.to(torch.float64) * (coords.max() - coords.min() + 1)
-    return nms(boxes.double() + offsets[:, None], scores.double(), iou)
+
+    Two sentinel boxes, each alone in a group below every real one and scoring below every real box, are always kept
+    and always last, and sliced off: they make the span of the coordinates defined when there are no boxes, without a
+    branch on the data-dependent box count, and they keep an exported program valid on a batch with fewer than two
+    candidates (torchvision's fake `nms` declares at least two kept boxes, which torch.export asserts at run time)."""
+    sentinels = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2, dtype=torch.float64, device=boxes.device)
+    boxes = torch.cat([boxes.double(), sentinels])
+    scores = torch.cat([scores.double(), torch.full((2,), -1.0, dtype=torch.float64, device=scores.device)])
+    groups = torch.cat([groups, torch.tensor([-1, -2], dtype=groups.dtype, device=groups.device)])
+    offsets = groups.to(torch.float64) * (boxes.max() - boxes.min() + 1)
+    kept = nms(boxes + offsets[:, None], scores, iou)
+    return kept[: kept.shape[0] - 2]
 
 
 def decode_scores(

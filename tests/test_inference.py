@@ -159,3 +159,37 @@ def test_onnx_nms_equals_the_trainers_nms(tmp_path):
         got = session.run(None, {"boxes": boxes.numpy(), "scores": scores.numpy()})[0]
         assert len(want) > 100
         assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want.tolist())), ties
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "exported_program"])
+def test_export_runs_on_batches_with_no_or_one_candidate(tmp_path, fmt):
+    """A batch with no candidate or a single one above the threshold gives empty or one-row detections, as PyTorch
+    does (torchvision's fake nms declares at least two kept boxes: an export would assert that at run time)."""
+    from ssd_ds.export import Detector, export, run_exported
+
+    A, C = 50, 4
+
+    class ScoresFromPixels(torch.nn.Module):
+        """A stand-in model whose scores are the input's pixels: logits[b, a, c] = 10 * images[b, 0, a, c]."""
+
+        def forward(self, images):
+            return images[:, 1, :A, :4] * 0.1, images[:, 0, :A, :C] * 10
+
+    generator = torch.Generator().manual_seed(0)
+    dboxes = torch.cat([torch.rand(A, 2, generator=generator), torch.full((A, 2), 0.2)], dim=-1)
+    meta = {"model": "stub", "input_size": 64, "class_names": list("bxyz"), "label_to_category": {1: 1, 2: 2, 3: 3}}
+    output = tmp_path / f"stub.{'onnx' if fmt == 'onnx' else 'pt2'}"
+    export(Detector(ScoresFromPixels(), dboxes, onnx_nms=fmt == "onnx").eval(), fmt, output,
+           torch.randn(2, 3, 64, 64, generator=generator), meta)
+    reference = Detector(ScoresFromPixels(), dboxes, onnx_nms=False).eval()
+    for candidates in (0, 1, 2, 6):
+        images = torch.zeros(3, 3, 64, 64)
+        images[:, 0, :, 0] = 1.0  # background everywhere...
+        images[0, 0, :candidates, 1] = 2.0 + 0.01 * torch.arange(candidates)  # ...but for `candidates` anchors of
+        # class 1 in image 0, scores distinct (equal scores may come out in another order)
+        got = run_exported(fmt, output, images)
+        with torch.no_grad():
+            want = reference(images)
+        assert got[3].tolist() == want[3].tolist() and want[3][1:].tolist() == [0, 0]
+        assert (want[3][0] > 0) == (candidates > 0)
+        assert torch.allclose(got[0], want[0], atol=1e-6) and torch.equal(got[2], want[2])
