@@ -194,7 +194,7 @@ def bench_postprocess(batch: int, batches: int) -> dict[str, float]:
     dboxes = default_boxes_cxcywh(mlperf().anchors).to(device)
     locs = (torch.randn(batch, 8732, 4, generator=generator) * 0.5).to(device)
     logits = torch.randn(batch, 8732, 81, generator=generator).to(device)
-    logits[:, :, 0] += 9.0  # background wins almost everywhere, as in a trained model
+    logits[:, :, 0] += 7.45  # background wins almost everywhere, as in a trained model: ~100 candidates an image
     boxes, scores = decode_scores(locs, logits, dboxes)
     ways = {"per image (loop)": lambda: [detect_image(b, sc) for b, sc in zip(boxes, scores)],
             "batched": lambda: select_detections(boxes, scores).per_image()}
@@ -212,7 +212,8 @@ def bench_postprocess(batch: int, batches: int) -> dict[str, float]:
         print(f"  {name:18s} {results[name]:8.3f} s per 1,000 images")
     same = all(torch.equal(a, b) for got, want in zip(out, ways["per image (loop)"]()) for a, b in zip(got, want))
     print(f"  ratio per image / batched: {results['per image (loop)'] / results['batched']:.1f}x; "
-          f"detections {'identical' if same else 'DIFFERENT'}")
+          f"{sum(len(scores) for _, scores, _ in out) / batch:.0f} detections an image, "
+          f"{'identical' if same else 'DIFFERENT'}")
     return results
 
 
