@@ -12,9 +12,10 @@ Decode, softmax, per-class top-200 over 0.05, NMS at IoU 0.5 and the per-image t
 ONNX model runs NMS as ONNX's `NonMaxSuppression` (float32 IoUs: the trainer's NMS computes them in float64, so a
 box pair at IoU 0.5 to within 1e-7 may go the other way, and detections of equal score may come in another order);
 the ExportedProgram runs torchvision's NMS, as the trainer does (load it with `import torchvision` first). Both are
-exported on the CPU in float32, whatever precision the run evaluated in. What predict needs beyond the tensors
-(class names, the label -> COCO category id map, the input size) is stored in the file: ONNX metadata `ssd_ds` and
-the ExportedProgram's extra file `ssd_ds.json`, as JSON.
+exported on the CPU in float32, whatever precision the run evaluated in; the ExportedProgram runs on the CPU
+(torch.export bakes the device of the tensors the graph creates), the ONNX file on any onnxruntime provider. What
+predict needs beyond the tensors (class names, the label -> COCO category id map, the input size) is stored in the
+file: ONNX metadata `ssd_ds` and the ExportedProgram's extra file `ssd_ds.json`, as JSON.
 
 After writing, the export runs the file (onnxruntime, or the loaded ExportedProgram) on a seeded batch and compares
 its detections with the PyTorch model's; it fails when they differ beyond float32 rounding.
