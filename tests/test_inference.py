@@ -49,6 +49,22 @@ def test_evaluate_gives_the_trainers_figure(trained, synthetic_dataset):
     assert float(line.split()[-1]) == pytest.approx(trainer_ap, abs=5e-5) and trainer_ap > 0
 
 
+def test_evaluate_sharded_over_two_ranks_gives_the_same_figure(trained, synthetic_dataset):
+    from tests.helpers import free_port
+
+    trainer_stats = [m for m in metrics(trained) if "eval_epoch" in m][-1]["stats"]
+    proc = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "--module",
+                           "ssd_ds.evaluate", "--checkpoint", str(trained), "--data", str(synthetic_dataset),
+                           "--workers", "1", "--batch", "8"], cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "on 2 rank(s)" in proc.stdout
+    printed = {line.split()[0]: float(line.split()[-1]) for line in proc.stdout.splitlines()
+               if line.strip() and line.split()[0] in trainer_stats}
+    assert printed.keys() == trainer_stats.keys()
+    assert all(printed[k] == pytest.approx(trainer_stats[k], abs=5e-5) for k in printed), (printed, trainer_stats)
+
+
 def test_missing_or_foreign_checkpoint_is_a_clear_error(trained, synthetic_dataset, tmp_path):
     proc = evaluate("--checkpoint", tmp_path / "absent", "--data", synthetic_dataset)
     assert proc.returncode == 2 and f"error: {tmp_path / 'absent'}: no model.pt there" in proc.stderr
