@@ -7,9 +7,8 @@ tensors the same code runs with CPU decoding, which is how it is tested.
 
 The parameters come from torch's global RNG (seeded per sample by CocoDetection) through the same calls, in the same
 order, as `TrainTransform`'s: the crop window (`ssd_crop_window`), the flip's `torch.rand(1)`, then ColorJitter's
-`make_params`. So one seed gives one augmentation on either path, and resuming is exact. What differs, by design:
-- the crop is cut at the window truncated to whole pixels, as the MLPerf reference does (SPEC section 5; the CPU
-  path rounds), so a cut edge may sit one pixel away; the boxes keep the exact fractional window on both paths;
+`make_params`. So one seed gives one augmentation on either path, and resuming is exact; both cut the crop at the
+same pixels (`transforms.window_pixels`). What differs, by design:
 - the resize and the jitter run in float32 and round to uint8 once, where PIL rounds after the resize and truncates
   after each of its three blends (brightness, contrast, saturation), so the CPU path's images are about 1.4 grey
   levels darker on average; the jitter has torchvision's tensor semantics, whose hue shift is continuous where
@@ -33,7 +32,7 @@ from torchvision.transforms import v2
 
 from ssd_ds.data.batch import Batch, pad_boxes
 from ssd_ds.data.coco import ImageRecord
-from ssd_ds.data.transforms import apply_crop, ssd_crop_window
+from ssd_ds.data.transforms import apply_crop, check_box_count, ssd_crop_window, window_pixels
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +88,7 @@ class CompressedTrainTransform:
         if window is None:
             window_px = (0, 0, width, height)
         else:
-            l, t, r, b = window
-            window_px = (int(l * width), int(t * height), int(r * width), int(b * height))
+            window_px = window_pixels(window, width, height)
             boxes, labels = apply_crop(boxes, labels, window)
         flip = bool(torch.rand(1) < FLIP_P)  # v2.RandomHorizontalFlip keeps the image when torch.rand(1) >= p
         if flip:
@@ -98,9 +96,7 @@ class CompressedTrainTransform:
         params = self.colour_jitter.make_params([])
         colour = torch.tensor([params["brightness_factor"], params["contrast_factor"], params["saturation_factor"],
                                params["hue_factor"]], dtype=torch.float32)
-        if len(labels) > self.max_boxes:
-            raise ValueError(f"{rec.path}: {len(labels)} boxes after augmentation, more than max_boxes "
-                             f"{self.max_boxes}; raise --max_boxes")
+        check_box_count(rec, len(labels), self.max_boxes)
         # clamp, as TrainTransform does: the crop's float arithmetic can leave 1 + 1e-7 at an edge
         return CompressedSample(data, torch.tensor(window_px), flip, colour, params["fn_idx"], boxes.clamp(0, 1),
                                 labels, rec.image_id, skipped)

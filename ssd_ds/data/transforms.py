@@ -96,6 +96,20 @@ def apply_crop(
     return (boxes - win) / size, labels[keep]
 
 
+def window_pixels(window: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int]:
+    """The pixels a relative crop window cuts from a width x height image: truncated to whole pixels, as the MLPerf
+    reference cuts (SPEC section 5). Both input paths cut with it; the boxes keep the exact window."""
+    l, t, r, b = window
+    return int(l * width), int(t * height), int(r * width), int(b * height)
+
+
+def check_box_count(rec, count: int, max_boxes: int) -> None:
+    """The device encodes at most `max_boxes` boxes an image: an augmented sample with more is an error naming it."""
+    if count > max_boxes:
+        raise ValueError(f"{rec.path}: {count} boxes after augmentation, more than max_boxes {max_boxes}; "
+                         f"raise --max_boxes")
+
+
 def ssd_random_crop(
     image: Image.Image, boxes_rel: torch.Tensor, labels: torch.Tensor, max_samples: int = 1
 ) -> tuple[Image.Image, torch.Tensor, torch.Tensor]:
@@ -103,10 +117,7 @@ def ssd_random_crop(
     window = ssd_crop_window(boxes_rel, max_samples)
     if window is None:
         return image, boxes_rel, labels
-    W, H = image.size
-    l, t, r, b = window
-    # Truncated to whole pixels, as the MLPerf reference cuts (SPEC section 5); the boxes keep the exact window.
-    image = image.crop((int(l * W), int(t * H), int(r * W), int(b * H)))
+    image = image.crop(window_pixels(window, *image.size))
     boxes, labels = apply_crop(boxes_rel, labels, window)
     return image, boxes, labels
 
@@ -144,9 +155,7 @@ class TrainTransform:
         image, boxes, labels = self.augment(image, rec.boxes_ltrb, rec.labels)
         if self.coder is not None:
             return TrainSample(image, boxes, labels, *self.coder.encode(boxes, labels), skipped)
-        if len(labels) > self.max_boxes:
-            raise ValueError(f"{rec.path}: {len(labels)} boxes after augmentation, more than max_boxes "
-                             f"{self.max_boxes}; raise --max_boxes")
+        check_box_count(rec, len(labels), self.max_boxes)
         return TrainSample(image, boxes, labels, None, None, skipped)
 
 
