@@ -192,14 +192,15 @@ def bench_postprocess(batch: int, batches: int) -> dict[str, float]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     generator = torch.Generator().manual_seed(0)
     dboxes = default_boxes_cxcywh(mlperf().anchors).to(device)
-    locs = (torch.randn(batch, 8732, 4, generator=generator) * 0.5).to(device)
-    logits = torch.randn(batch, 8732, 81, generator=generator).to(device)
+    A, C = len(dboxes), mlperf().num_classes
+    locs = (torch.randn(batch, A, 4, generator=generator) * 0.5).to(device)
+    logits = torch.randn(batch, A, C, generator=generator).to(device)
     logits[:, :, 0] += 7.45  # background wins almost everywhere, as in a trained model: ~100 candidates an image
     boxes, scores = decode_scores(locs, logits, dboxes)
     ways = {"per image (loop)": lambda: [detect_image(b, sc) for b, sc in zip(boxes, scores)],
             "batched": lambda: select_detections(boxes, scores).per_image()}
     results = {}
-    print(f"post-processing, batch {batch} x 8732 anchors x 81 classes, "
+    print(f"post-processing, batch {batch} x {A} anchors x {C} classes, "
           f"{int((scores[:, :, 1:] > 0.05).sum()) / batch:.0f} candidates an image, on {device}:")
     for name, fn in ways.items():
         fn()  # warm-up

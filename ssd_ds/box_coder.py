@@ -98,7 +98,6 @@ class BoxCoder:
         return loc_t[0], labels_t[0]
 
 
-
 def encode_batch(
     gt_ltrb: torch.Tensor, gt_labels: torch.Tensor, num_gt: torch.Tensor, dboxes_ltrb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,15 +17,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ssd_ds.distributed import barrier
 from ssd_ds.fileio import atomic_write
 
 LATEST = "latest"
 INFERENCE_FILE = "model.pt"  # what inference needs, readable without DeepSpeed: torch.load(weights_only=True)
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def rng_state() -> dict:
@@ -52,9 +48,9 @@ def save(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: int, infere
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(ckpt_dir / partial, ignore_errors=True)
-    _barrier()
+    barrier()
     engine.save_checkpoint(str(ckpt_dir), tag=partial, client_state=client_state, save_latest=False)
-    _barrier()
+    barrier()
     if rank == 0:
         if inference is not None:
             torch.save(inference, ckpt_dir / partial / INFERENCE_FILE)
@@ -63,7 +59,7 @@ def save(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: int, infere
         os.replace(ckpt_dir / partial, final)
         atomic_write(ckpt_dir / LATEST, tag)
         _prune(ckpt_dir, keep)
-    _barrier()
+    barrier()
     return ckpt_dir / tag
 
 

@@ -29,11 +29,9 @@ from pathlib import Path
 
 import torch
 
-from ssd_ds.anchors import default_boxes_ltrb
-from ssd_ds.box_coder import BoxCoder
 from ssd_ds.checkpoint import load_inference
+from ssd_ds.evaluate import inference_ops
 from ssd_ds.fileio import atomic_open
-from ssd_ds.model_config import build_model_config
 from ssd_ds.postprocess import Detections, PostprocessConfig, _nms_by_group, decode_scores, select_detections
 
 FORMATS = ("onnx", "exported_program")
@@ -87,9 +85,9 @@ class Detector(torch.nn.Module):
 
 
 def build_detector(model: torch.nn.Module, meta: dict, onnx_nms: bool) -> Detector:
-    model_cfg = build_model_config(meta["model"], num_classes=len(meta["class_names"]))
-    coder = BoxCoder(default_boxes_ltrb(model_cfg.anchors))
-    return Detector(model.float().cpu().eval(), coder.dboxes_cxcywh, onnx_nms).eval()
+    """`load_inference`'s model and meta as a float32 CPU Detector, with the default boxes evaluation uses."""
+    ops, _ = inference_ops(meta, torch.device("cpu"))
+    return Detector(model.float().cpu().eval(), ops.coder.dboxes_cxcywh, onnx_nms).eval()
 
 
 def export(detector: Detector, fmt: str, output: Path, example: torch.Tensor, meta: dict) -> None:

@@ -126,9 +126,6 @@ def demo() -> RunConfig:
 
 
 PRESETS = {"mlperf": mlperf, "demo": demo}
-
-
-PRESETS = {"mlperf": mlperf, "demo": demo}
 CHOICES = {"compile": ("auto", "on", "off"), "kernels": ("auto", "torch", "triton"), "input": ("auto", "cpu", "device"),
            "coco_eval": ("faster", "pycocotools"),
            "encode_on_device": ("auto", "on", "off"), "warm_up": ("auto", "on", "off"),

@@ -148,9 +148,8 @@ def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, st
     """Run forward and backward on synthetic tensors so that torch.compile, cuDNN autotuning and the Triton kernels
     compile before MLPerf's `run_start`, which forbids touching the training data earlier; then put back everything
     a step changes (parameters' gradients, BatchNorm statistics, every RNG), so what trains is unchanged."""
-    from deepspeed.runtime.torch_autocast import (
-        autocast_if_enabled,  # the autocast the engine's forward applies
-    )
+    # the autocast the engine's forward applies
+    from deepspeed.runtime.torch_autocast import autocast_if_enabled
 
     engine, ops = built.engine, built.ops
     step: SSDTrainStep = engine.module
