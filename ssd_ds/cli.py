@@ -4,7 +4,8 @@
 bug by where it was raised, not by its message and not by a special exception class (that would mean changing
 every raise site):
 
-- a `FileNotFoundError`, `FileExistsError` or `ValueError`
+- a `FileNotFoundError`, `FileExistsError` or `ValueError` (bad input), or a `TimeoutError` or `ChildProcessError`
+  (the machine failed the run in a way the user mends: a loader worker stalled or was killed)
 - raised by an explicit `raise` statement (the traceback's deepest frame stops on a RAISE_VARARGS instruction)
 - in a file of this project (`ssd_ds/`, `triton_kernels/`).
 
@@ -30,7 +31,7 @@ from types import TracebackType
 from typing import Callable, NoReturn
 
 USER_ERROR_EXIT = 2  # as argparse exits on a bad flag
-USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, TimeoutError, ChildProcessError)
 _OURS = tuple(str(Path(__file__).resolve().parent.parent / pkg) + os.sep for pkg in ("ssd_ds", "triton_kernels"))
 
 

@@ -22,7 +22,8 @@ from torchvision.utils import draw_bounding_boxes
 from ssd_ds import checkpoint
 from ssd_ds.data.batch import Batch
 from ssd_ds.data.coco import CocoDetection
-from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler
+from ssd_ds.data.device_input import DecodeCounts
+from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler, checked_batches
 from ssd_ds.data.transforms import normalize_images
 from ssd_ds.distributed import flag_from_rank0, gather_to_rank0, parameter_checksums, verify_replicas
 from ssd_ds.ds_config import BatchPlan
@@ -121,6 +122,7 @@ class TrainingRun:
     autocast_dtype: torch.dtype | None
     input_size: int
     prepare_batch: Callable | None = None  # host batch -> Batch on the device (DevicePrefetcher's default: a copy)
+    decode_counts: DecodeCounts | None = None  # the device input path's decode paths (prepare_batch's decoder)
     losses: LossWindow = field(default_factory=LossWindow)
     skipped_images: int = 0  # unreadable training images passed over since the last log
     submitted_at: dict = field(default_factory=dict)  # epoch -> iteration at which its evaluation was submitted
@@ -190,22 +192,22 @@ def train_one_epoch(run: TrainingRun) -> None:
     accum = run.plan.accumulation
     run.sampler.set_epoch(state.epoch, start=state.iter_in_epoch * accum * run.plan.micro_batch)
     micro_batches = (run.iters_per_epoch - state.iter_in_epoch) * accum
-    batches = DevicePrefetcher(islice(run.train_loader, micro_batches), run.device, run.prepare_batch)
+    batches = DevicePrefetcher(checked_batches(islice(run.train_loader, micro_batches), cfg.data, cfg.loader_timeout),
+                               run.device, run.prepare_batch)
     engine, ops = run.built.engine, run.built.ops
-    t_logged, data_wait = time.perf_counter(), 0.0
+    t_logged = time.perf_counter()
     while state.iter_in_epoch < run.iters_per_epoch and not run.should_stop():
         for _ in range(accum):
-            t0 = time.perf_counter()
             batch = next(batches)
-            data_wait += time.perf_counter() - t0
             run.skipped_images += batch.skipped
             loss, loc, conf = train_step(engine, batch, run.built.memory_format, ops.encode)
+            batches.prefetch()  # after the step is queued (DevicePrefetcher's docstring says why)
         state.iteration += 1
         state.iter_in_epoch += 1
         run.losses.add(state.iteration, loss, loc, conf)
         if state.iteration % cfg.log_every == 0 or state.iter_in_epoch == run.iters_per_epoch:
-            log_training(run, time.perf_counter() - t_logged, data_wait)
-            t_logged, data_wait = time.perf_counter(), 0.0
+            log_training(run, time.perf_counter() - t_logged, *batches.take_timings())
+            t_logged = time.perf_counter()
             poll_evaluations(run)
             if state.success:
                 return
@@ -222,15 +224,21 @@ def train_one_epoch(run: TrainingRun) -> None:
     save_checkpoint(run)
 
 
-def log_training(run: TrainingRun, elapsed: float, data_wait: float) -> None:
-    """The pending steps' losses, one record each; the last also carries the LR and the speed since the last log."""
+def log_training(run: TrainingRun, elapsed: float, data_wait: float, prepare: float) -> None:
+    """The pending steps' losses, one record each; the last also carries the LR, the speed since the last log, the
+    host seconds per step spent waiting for the loader workers and preparing batches for the device (a copy, or on
+    the device input path decode and augmentation, launched from the thread that launches the steps), and on the
+    device input path how many images each decode path took."""
     steps = len(run.losses)
     records = run.losses.drain(run.ckpt_dir)
     if not records:
         return
     records[-1].update(epoch=run.state.epoch + 1, lr=run.built.engine.lr_scheduler.get_last_lr()[0],
                        images_per_s=steps * run.plan.global_batch / max(elapsed, 1e-9),
-                       data_wait_s_per_step=data_wait / steps, skipped_images=run.skipped_images)
+                       data_wait_s_per_step=data_wait / steps, prepare_s_per_step=prepare / steps,
+                       skipped_images=run.skipped_images)
+    if run.decode_counts is not None:
+        records[-1]["decode"] = run.decode_counts.take()
     run.skipped_images = 0
     for record in records:
         run.metrics.log("train", record, record["iteration"])

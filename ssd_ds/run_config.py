@@ -53,6 +53,7 @@ class RunConfig:
     eval_batch: int = 64  # images per rank per evaluation batch
     coco_eval: str = "faster"  # COCOeval backend: faster (faster-coco-eval, C++) or pycocotools (the reference)
     workers: int = 4  # DataLoader worker processes per rank
+    loader_timeout: float = 300.0  # seconds any one training batch may take the workers before the run fails (0: none)
     threads: int = 0  # torch intra-op threads per rank (0: leave torch's default)
     compile: str = "auto"  # torch.compile of model+loss: auto (on for CUDA), on, off
     kernels: str = "auto"  # loss/decode/encode backend: auto (triton on CUDA), torch, triton

@@ -19,7 +19,7 @@ from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
 from ssd_ds.data.batch import collate_train
 from ssd_ds.data.coco import CocoDetection
-from ssd_ds.data.device_input import (CompressedTrainTransform, collate_compressed, prepare_on_device,
+from ssd_ds.data.device_input import (CompressedTrainTransform, DevicePreparation, collate_compressed,
                                       should_decode_on_device)
 from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, check_shared_memory
 from ssd_ds.data.synthetic import ensure_synthetic
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> RunState:
     sampler = TrainSampler(len(train_set), cfg.seed, rank, world)
     pin = device.type == "cuda"
     train_loader = build_train_loader(train_set, sampler, plan.micro_batch, cfg.workers, pin_memory=pin,
-                                      collate_fn=collate_compressed if decode_on_device else collate_train)
+                                      collate_fn=collate_compressed if decode_on_device else collate_train,
+                                      timeout=cfg.loader_timeout)
     iters_per_epoch = len(train_loader) // plan.accumulation
     if iters_per_epoch < 1:
         raise ValueError(f"{cfg.data}: {len(train_set)} training images give no full global batch of "
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> RunState:
         log.info("warm-up (compile, autotuning) on synthetic tensors: %.1f s", time.perf_counter() - t0)
 
     # The loop.
+    preparation = DevicePreparation(device, model_cfg.input_size) if decode_on_device else None
     run = TrainingRun(
         cfg=cfg, rank=rank, world=world, device=device, plan=plan, built=built, sampler=sampler,
         train_loader=train_loader, eval_loader=eval_loader, val_set=val_set, run_dir=run_dir, mlperf=mlperf,
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> RunState:
         evaluator=BackgroundEvaluator(val_set.ann_file, run_dir / "eval", cfg.coco_eval) if rank == 0 else None,
         state=state, iters_per_epoch=iters_per_epoch, autocast_dtype=engine_cfg.autocast_dtype,
         input_size=model_cfg.input_size,
-        prepare_batch=prepare_on_device(device, model_cfg.input_size) if decode_on_device else None)
+        prepare_batch=preparation, decode_counts=preparation.decoder.counts if preparation else None)
     if cfg.eval_only:
         return report(run, evaluate_only(run))
     if resume_from is None:  # the run's init block: once, in its first segment's log

@@ -16,6 +16,12 @@ same pixels (`transforms.window_pixels`). What differs, by design:
 - the flip comes after the resize: they commute, and a flip of the batch is one op;
 - a file whose header reads but whose data does not decode becomes a black image without boxes, counted, since
   the workers never decode it and cannot fall back to the next image as the CPU path does.
+
+A batch leaves the workers as one uint8 tensor of all its files back to back, with offsets: one shared-memory block
+and so one file descriptor a batch (torch passes each tensor of a worker's batch through its own), where a tensor
+per file needed one per image and ran out of `ulimit -n 1024` at micro-batch 456. `BatchDecoder` counts which path
+decoded each image (batched nvJPEG, nvJPEG image by image, the host, failed) and warns once per cause of a fallback;
+the counts go to metrics.jsonl and TensorBoard with the training records.
 EXIF orientation is not applied, as PIL's `Image.open(...).convert("RGB")` does not: COCO's boxes refer to the
 stored pixels.
 """
@@ -23,11 +29,12 @@ stored pixels.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg
 from torchvision.transforms import v2
 
 from ssd_ds.data.batch import Batch, pad_boxes
@@ -52,12 +59,14 @@ class CompressedSample(NamedTuple):
     labels: torch.Tensor  # [G] int64 in 1..K
     image_id: int  # names the image when its data does not decode
     skipped: int  # unreadable images the dataset passed over to reach this one
+    progressive: bool = False  # a progressive JPEG: nvJPEG decodes these on the host (its hybrid backend)
 
 
 class CompressedBatch(NamedTuple):
     """Collated CompressedSamples, boxes padded to `box_slots` as in a Batch."""
 
-    data: list[torch.Tensor]  # B x [N_i] uint8: encoded lengths differ
+    data: torch.Tensor  # [N] uint8: the B files back to back (one shared-memory block: one file descriptor)
+    offsets: torch.Tensor  # [B+1] int64: file i is data[offsets[i]:offsets[i+1]]
     window: torch.Tensor  # [B,4] int64
     flip: torch.Tensor  # [B] bool
     colour: torch.Tensor  # [B,4] float32
@@ -67,6 +76,41 @@ class CompressedBatch(NamedTuple):
     num_boxes: torch.Tensor  # [B] int64
     image_id: torch.Tensor  # [B] int64
     skipped: int
+    progressive: torch.Tensor  # [B] bool
+
+    def pin_memory(self) -> CompressedBatch:
+        """What the DataLoader's pin thread calls (before its namedtuple rule): every tensor the device copies is
+        pinned, so those copies are asynchronous; the files are not, since nvJPEG reads them from host memory anyway
+        and pinning would copy the whole batch's bytes once more; offsets, windows and ids are read on the host."""
+        return self._replace(**{name: getattr(self, name).pin_memory()
+                                for name in ("flip", "colour", "colour_order", "boxes", "labels", "num_boxes")})
+
+    def files(self) -> list[torch.Tensor]:
+        """B x [N_i] uint8: views of `data`, no copy (decoders read them from host memory)."""
+        bounds = self.offsets.tolist()
+        return [self.data[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+
+
+def is_progressive_jpeg(data: torch.Tensor) -> bool:
+    """Whether a file's first frame header is a progressive JPEG's (SOF2, SOF6, SOF10, SOF14), walking the marker
+    segments from the start (a few header segments: cheap in a worker). False for anything that is not a JPEG."""
+    raw = memoryview(data.numpy())
+    if bytes(raw[:2]) != b"\xff\xd8":
+        return False
+    i = 2
+    while i + 4 <= len(raw):
+        if raw[i] != 0xFF:
+            return False
+        marker = raw[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame (not DHT, JPG, DAC)
+            return marker in (0xC2, 0xC6, 0xCA, 0xCE)
+        if marker == 0xDA:  # start of scan before any frame header: not a valid JPEG
+            return False
+        i += 2 + (raw[i + 2] << 8 | raw[i + 3])
+    return False
 
 
 class CompressedTrainTransform:
@@ -99,15 +143,17 @@ class CompressedTrainTransform:
         check_box_count(rec, len(labels), self.max_boxes)
         # clamp, as TrainTransform does: the crop's float arithmetic can leave 1 + 1e-7 at an edge
         return CompressedSample(data, torch.tensor(window_px), flip, colour, params["fn_idx"], boxes.clamp(0, 1),
-                                labels, rec.image_id, skipped)
+                                labels, rec.image_id, skipped, is_progressive_jpeg(data))
 
 
 def collate_compressed(samples: list[CompressedSample]) -> CompressedBatch:
-    """Encoded bytes as a list (their lengths differ), the rest stacked, boxes padded to `box_slots` as
-    `collate_train` pads them, `skipped` summed."""
+    """The files concatenated with their offsets (one tensor, not one a file: see the module docstring), the rest
+    stacked, boxes padded to `box_slots` as `collate_train` pads them, `skipped` summed."""
     boxes, labels, num_boxes = pad_boxes([s.boxes for s in samples], [s.labels for s in samples])
+    lengths = torch.tensor([0] + [len(s.data) for s in samples], dtype=torch.int64)
     return CompressedBatch(
-        data=[s.data for s in samples],
+        data=torch.cat([s.data for s in samples]),
+        offsets=lengths.cumsum(0),
         window=torch.stack([s.window for s in samples]),
         flip=torch.tensor([s.flip for s in samples]),
         colour=torch.stack([s.colour for s in samples]),
@@ -117,36 +163,116 @@ def collate_compressed(samples: list[CompressedSample]) -> CompressedBatch:
         num_boxes=num_boxes,
         image_id=torch.tensor([s.image_id for s in samples], dtype=torch.int64),
         skipped=sum(s.skipped for s in samples),
+        progressive=torch.tensor([s.progressive for s in samples]),
     )
 
 
-def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
-    """[3,H,W] uint8 on `device`, or None. What nvJPEG refuses (PNG bytes under a .jpg name, formats it does not
-    support) decodes on the CPU, which reads JPEG in any colour space, PNG, GIF and WebP."""
-    if device.type == "cuda":
-        try:
-            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False)
-        except RuntimeError:
-            pass
-    try:
-        return decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=False).to(device, non_blocking=True)
-    except RuntimeError:
-        return None
+@dataclass
+class DecodeCounts:
+    """Images by the path that decoded them (module docstring); logged as decode/<field>."""
+
+    nvjpeg_batched: int = 0  # one batched nvJPEG call for the batch: the fast path on CUDA
+    nvjpeg_per_image: int = 0  # nvJPEG image by image, after the batched call failed
+    host: int = 0  # on the host (libjpeg-turbo, libpng, ...) because the device is the CPU: the path by design there
+    host_fallback: int = 0  # on the host on CUDA: nvJPEG refused the file (PNG bytes, CMYK, ...) or cannot start
+    failed: int = 0  # no decoder read the data: trained as a black image without boxes
+    progressive: int = 0  # progressive JPEGs among all of them (nvJPEG decodes these on the host, image by image)
+
+    def take(self) -> dict[str, int]:
+        """The counts since the last call, as a dict (zeros included), and start again from zero."""
+        counts = asdict(self)
+        for name in counts:
+            setattr(self, name, 0)
+        return counts
 
 
-def decode_images(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """B encoded images -> B x ([3,H,W] uint8 on `device`, or None where they do not decode). On CUDA one batched
-    nvJPEG call; when it fails, image by image, so one bad file costs only itself."""
-    if device.type == "cuda":
+class BatchDecoder:
+    """Decodes a batch's files on the device, counting which path each image took and warning once per cause of a
+    fallback. On CUDA: one batched nvJPEG call; if it fails, nvJPEG image by image; what nvJPEG refuses, on the host.
+    If nvJPEG cannot decode a known-good JPEG at all (a torchvision built without it, a missing libnvjpeg), every
+    image decodes on the host from then on, counted as a fallback, after one warning."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.counts = DecodeCounts()
+        self.nvjpeg = device.type == "cuda"
+        self._probed = False
+        self._warned: set[str] = set()
+
+    def _warn_once(self, cause: str, message: str, *args) -> None:
+        if cause not in self._warned:
+            self._warned.add(cause)
+            log.warning(message + " (warned once; counted in the decode/* metrics)", *args)
+
+    def _nvjpeg(self, data):
+        """decode_jpeg on the device. It drains the current stream first: torchvision's CUDA decode allocates its
+        outputs on the current stream, but nvJPEG's hardware engine writes them without waiting for the work queued
+        there (pytorch/vision PR #9606: 134 of 200 iterations corrupted on an H100). The caching allocator can hand
+        it blocks that this stream's queued kernels (the previous batch's crop, resize and jitter) still read; the
+        host sync makes those kernels finish first. It waits only for this side stream's previous preparation,
+        which ran beside the previous step: the step's own stream is not waited for."""
+        torch.cuda.current_stream(self.device).synchronize()
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=False)
+
+    def _probe(self) -> None:
+        """Once: can nvJPEG decode at all? A tiny JPEG made here, so the answer is about nvJPEG, not about a file."""
+        self._probed = True
         try:
-            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False)
+            self._nvjpeg(encode_jpeg(torch.zeros(3, 16, 16, dtype=torch.uint8)))
+        except RuntimeError as exc:
+            self.nvjpeg = False
+            self._warn_once("no_nvjpeg", "nvJPEG cannot decode on %s (%s): every image decodes on the host, in the "
+                            "thread that launches the training steps", self.device, exc)
+
+    def _host(self, data: torch.Tensor) -> torch.Tensor | None:
+        """[3,H,W] uint8 on the device, or None: the host reads JPEG in any colour space, PNG, GIF and WebP."""
+        try:
+            return decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=False).to(self.device,
+                                                                                               non_blocking=True)
         except RuntimeError:
-            pass
-    return [_decode_one(d, device) for d in data]
+            return None
+
+    def _one(self, data: torch.Tensor) -> torch.Tensor | None:
+        if self.nvjpeg:
+            try:
+                image = self._nvjpeg(data)
+                self.counts.nvjpeg_per_image += 1
+                return image
+            except RuntimeError as exc:
+                self._warn_once("nvjpeg_refused", "nvJPEG refused an image (%s): such images decode on the host", exc)
+        image = self._host(data)
+        if image is None:
+            self.counts.failed += 1
+        elif self.device.type == "cuda":
+            self.counts.host_fallback += 1
+        else:
+            self.counts.host += 1
+        return image
+
+    def __call__(self, files: list[torch.Tensor], progressive: torch.Tensor) -> list[torch.Tensor | None]:
+        """B encoded images -> B x ([3,H,W] uint8 on the device, or None where they do not decode)."""
+        self.counts.progressive += int(progressive.sum())
+        if self.nvjpeg and not self._probed:
+            self._probe()
+        if self.nvjpeg:
+            try:
+                images = self._nvjpeg(files)
+                self.counts.nvjpeg_batched += len(files)
+                return images
+            except RuntimeError as exc:
+                self._warn_once("batched_failed", "batched nvJPEG decode failed (%s): that batch decodes image by "
+                                "image, so one bad file costs only itself", exc)
+        return [self._one(d) for d in files]
+
+
+def decode_images(files: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """B encoded images -> B x ([3,H,W] uint8 on `device`, or None where they do not decode), as `BatchDecoder`
+    decodes them (a decoder of its own: counts not kept)."""
+    return BatchDecoder(device)(files, torch.zeros(len(files), dtype=torch.bool))
 
 
 def _crop_resize(image: torch.Tensor | None, window: list[int], size: int, device: torch.device) -> torch.Tensor:
-    """[3,H,W] uint8 -> the window resized to [3,S,S] float32 in [0,1]; black for an image that did not decode.
+    """[3,H,W] uint8 -> the window resized to [3,S,S] float32 in [0,255]; black for an image that did not decode.
 
     The window is clamped to the decoded image, in case the header's size (which placed it) is not the data's.
     antialias: PIL's bilinear resize, which the CPU path uses, widens its filter when it shrinks."""
@@ -156,7 +282,7 @@ def _crop_resize(image: torch.Tensor | None, window: list[int], size: int, devic
     l, t = min(window[0], W - 1), min(window[1], H - 1)
     r, b = max(min(window[2], W), l + 1), max(min(window[3], H), t + 1)
     crop = image[None, :, t:b, l:r].float()
-    return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0].div_(255)
+    return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
 
 
 def _grey(images: torch.Tensor) -> torch.Tensor:
@@ -211,17 +337,21 @@ def colour_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tens
     return images
 
 
-def decode_and_augment(batch: CompressedBatch, device: torch.device, input_size: int) -> tuple[Batch, int]:
+def decode_and_augment(batch: CompressedBatch, device: torch.device, input_size: int,
+                       decoder: BatchDecoder | None = None) -> tuple[Batch, int]:
     """Decode a CompressedBatch on `device`, crop, resize to SxS, flip and colour-jitter it: (a Batch on `device`
     for the device to encode, the count of images that did not decode).
 
     `batch` stays on the host, as the loader made it: the decoders read bytes from host memory and the windows are
     read as ints. Only the crop and resize go image by image (sizes differ); the rest is batched. An image that
-    does not decode is black and its boxes are dropped, so it adds no positives."""
-    images = decode_images(batch.data, device)
+    does not decode is black and its boxes are dropped, so it adds no positives. `decoder` keeps the run's decode
+    counts (a fresh one when not given)."""
+    images = (decoder or BatchDecoder(device))(batch.files(), batch.progressive)
     failed = [i for i, image in enumerate(images) if image is None]
     windows = batch.window.tolist()
-    resized = torch.stack([_crop_resize(image, window, input_size, device) for image, window in zip(images, windows)])
+    # one division for the batch, not one a crop: a launch fewer per image on the thread that launches steps
+    resized = torch.stack([_crop_resize(image, window, input_size, device)
+                           for image, window in zip(images, windows)]).div_(255)
     flip = batch.flip.to(device, non_blocking=True).view(-1, 1, 1, 1)
     resized = torch.where(flip, resized.flip(-1), resized)
     jittered = colour_jitter(resized, batch.colour.to(device, non_blocking=True),
@@ -244,11 +374,15 @@ def should_decode_on_device(setting: str, device: torch.device) -> bool:
     return setting == "device" or (setting == "auto" and device.type == "cuda")
 
 
-def prepare_on_device(device: torch.device, input_size: int):
+class DevicePreparation:
     """The DevicePrefetcher step for this path: CompressedBatch (host) -> Batch on `device`, the images that did not
-    decode counted with the skipped ones."""
-    def prepare(batch: CompressedBatch) -> Batch:
-        augmented, failed = decode_and_augment(batch, device, input_size)
-        return augmented._replace(skipped=augmented.skipped + failed)
+    decode counted with the skipped ones; `decoder.counts` holds the run's decode paths."""
 
-    return prepare
+    def __init__(self, device: torch.device, input_size: int):
+        self.device = device
+        self.input_size = input_size
+        self.decoder = BatchDecoder(device)
+
+    def __call__(self, batch: CompressedBatch) -> Batch:
+        augmented, failed = decode_and_augment(batch, self.device, self.input_size, self.decoder)
+        return augmented._replace(skipped=augmented.skipped + failed)

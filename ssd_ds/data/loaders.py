@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -97,23 +98,50 @@ def collate_eval(batch):
     return images, [s[1] for s in kept], [s[2] for s in kept], skipped
 
 
-def _loader_kwargs(workers: int, pin_memory: bool) -> dict:
+def _loader_kwargs(workers: int, pin_memory: bool, timeout: float = 0.0) -> dict:
     kwargs = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
     if workers > 0:
         kwargs["prefetch_factor"] = PREFETCH_FACTOR
+        kwargs["timeout"] = timeout
     return kwargs
 
 
 def build_train_loader(
     dataset: Dataset, sampler: TrainSampler, batch_size: int, workers: int, pin_memory: bool = False,
-    collate_fn: Callable = collate_train,
+    collate_fn: Callable = collate_train, timeout: float = 0.0,
 ) -> DataLoader:
     """Full batches (drop_last) of `ssd_ds.data.batch.Batch` (or, with the device input path's collate, of the
-    compressed batches the device decodes)."""
+    compressed batches the device decodes). `timeout` > 0: seconds to wait for any one batch from the workers
+    before the loader raises (`checked_batches` turns that into a clear error); 0 waits for ever."""
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_fn,
-        **_loader_kwargs(workers, pin_memory)
+        **_loader_kwargs(workers, pin_memory, timeout)
     )
+
+
+def checked_batches(batches: Iterable, data: str, timeout: float) -> Iterator:
+    """The batches of a training loader, its worker failures turned into one-line errors naming the data set.
+
+    Without a timeout a worker that can never deliver leaves the trainer waiting with no error for ever, a wait
+    that --dist_timeout does not bound: a file that blocks on read (a hung network file system), or a batch the
+    worker cannot hand over (out of file descriptors: "unable to open shared memory object ... (24)")."""
+    it = iter(batches)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "DataLoader timed out" in str(exc):
+                raise TimeoutError(
+                    f"{data}: no training batch from the loader workers in {timeout:g} s (--loader_timeout): a "
+                    f"worker is stuck reading a file, or cannot pass its batch (too few file descriptors? ulimit -n "
+                    f"says how many; too little /dev/shm?); the workers' warnings above say which") from exc
+            if "DataLoader worker" in str(exc):  # "... (pid(s) N) exited unexpectedly", "... is killed by signal"
+                raise ChildProcessError(f"{data}: {exc} (out of memory? dmesg says; fewer --workers or a smaller "
+                                        f"micro-batch need less)") from exc
+            raise
+        yield batch
 
 
 def build_eval_loader(
@@ -130,29 +158,56 @@ class DevicePrefetcher:
     """The `Batch`es of an iterable, already on `device`. On CUDA the next batch is prepared (copied from pinned
     memory, or with the device input path decoded and augmented) on a side stream while the current step computes,
     as NVIDIA's and torchvision's prefetchers do; on other devices when it is taken. `prepare(host batch) -> Batch
-    on device` defaults to the copy. Tensors keep their dtype (images stay uint8 until the device normalises them)."""
+    on device` defaults to the copy. Tensors keep their dtype (images stay uint8 until the device normalises them).
+
+    The training loop takes a batch, launches its step, then calls `prefetch()`: the next batch is prepared after
+    the step is queued, so that after a host sync (the loss window's, every log_every steps) the device computes the
+    step while the host prepares, instead of idling through the preparation. Iterated without `prefetch()`, each
+    batch is prepared when it is taken.
+
+    `wait_s` and `prepare_s` accumulate the host seconds spent waiting for the loader workers and preparing (on the
+    device path: decode and augmentation launched from this thread), which the trainer logs apart."""
 
     def __init__(self, batches: Iterable, device: torch.device, prepare: Callable | None = None):
         self.batches = iter(batches)
         self.device = device
         self.prepare = prepare or (lambda batch: batch.to(device, non_blocking=True))
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" and torch.cuda.is_available() else None
-        self.ready = self._load()
+        self.wait_s = self.prepare_s = 0.0
+        self.ready: Batch | None = None
+        self.exhausted = False
+        self.prefetch()
 
-    def _load(self) -> Batch | None:
+    def prefetch(self) -> None:
+        """Prepare the next batch now, unless it is ready or the batches are exhausted."""
+        if self.ready is not None or self.exhausted:
+            return
+        t0 = time.perf_counter()
         batch = next(self.batches, None)
+        t1 = time.perf_counter()
+        self.wait_s += t1 - t0
         if batch is None:
-            return None
+            self.exhausted = True
+            return
         if self.stream is None:
-            return self.prepare(batch)
-        with torch.cuda.stream(self.stream):
-            return self.prepare(batch)
+            self.ready = self.prepare(batch)
+        else:
+            with torch.cuda.stream(self.stream):
+                self.ready = self.prepare(batch)
+        self.prepare_s += time.perf_counter() - t1
+
+    def take_timings(self) -> tuple[float, float]:
+        """(seconds waiting for workers, seconds preparing) since the last call."""
+        timings = (self.wait_s, self.prepare_s)
+        self.wait_s = self.prepare_s = 0.0
+        return timings
 
     def __iter__(self) -> Iterator:
         return self
 
     def __next__(self) -> Batch:
-        batch = self.ready
+        self.prefetch()
+        batch, self.ready = self.ready, None
         if batch is None:
             raise StopIteration
         if self.stream is not None:
@@ -160,7 +215,6 @@ class DevicePrefetcher:
             current.wait_stream(self.stream)
             for t in batch.tensors():  # the side stream's memory is now used on the current stream: keep it
                 t.record_stream(current)
-        self.ready = self._load()
         return batch
 
 

@@ -20,8 +20,9 @@ import ssd_ds.data.transforms as transforms
 from ssd_ds.data import device_input
 from ssd_ds.data.batch import box_slots
 from ssd_ds.data.coco import CocoDetection, ImageRecord, read_image_bytes
-from ssd_ds.data.device_input import (CompressedBatch, CompressedSample, CompressedTrainTransform, collate_compressed,
-                                      colour_jitter, decode_and_augment, decode_images)
+from ssd_ds.data.device_input import (BatchDecoder, CompressedBatch, CompressedSample, CompressedTrainTransform,
+                                      collate_compressed, colour_jitter, decode_and_augment, decode_images,
+                                      is_progressive_jpeg)
 from ssd_ds.data.loaders import TrainSampler, build_train_loader, sample_seed
 from ssd_ds.data.transforms import TrainTransform
 
@@ -300,8 +301,14 @@ def test_loader_batches(synthetic_dataset):
     cpu_loader = build_train_loader(cpu_set, TrainSampler(len(cpu_set), seed=5), B, workers=0)
     device_loader = DataLoader(device_set, batch_size=B, sampler=TrainSampler(len(device_set), seed=5),
                                drop_last=True, collate_fn=collate_compressed)
+    paths = {rec.image_id: rec.path for rec in device_set.records}
     for cpu_batch, compressed in zip(cpu_loader, device_loader):
-        assert isinstance(compressed, CompressedBatch) and len(compressed.data) == B
+        assert isinstance(compressed, CompressedBatch) and compressed.data.dim() == 1
+        files = compressed.files()  # one tensor for the batch's bytes, each file a view of it
+        assert len(files) == B and all(f.untyped_storage().data_ptr() == compressed.data.untyped_storage().data_ptr()
+                                       for f in files)
+        for f, image_id in zip(files, compressed.image_id.tolist()):
+            assert bytes(f.numpy()) == paths[image_id].read_bytes()
         batch, failed = decode_and_augment(compressed, CPU, S)
         assert failed == 0 and batch.skipped == 0 and batch.loc_t is None and batch.labels_t is None
         G = batch.boxes.shape[1]
@@ -390,6 +397,75 @@ def test_undecodable_image_is_black_without_boxes(awkward_files, name, caplog):
     assert torch.equal(batch.images[[0, 2]], alone.images)  # the rest of the batch is intact
     assert torch.equal(batch.labels[[0, 2]], alone.labels) and torch.equal(batch.boxes[[0, 2]], alone.boxes)
     assert compressed.labels[1].any()  # the caller's batch is left as it was
+
+
+def test_progressive_jpegs_are_told_from_the_header(awkward_files, tmp_path):
+    Image.open(awkward_files["rgb"].path).save(tmp_path / "progressive.jpg", quality=90, progressive=True)
+    read = lambda name: read_image_bytes(tmp_path / f"{name}.jpg")[0]  # noqa: E731
+    assert is_progressive_jpeg(read("progressive"))
+    for name in ("rgb", "grey", "cmyk", "exif", "png"):  # baseline JPEGs (EXIF before the frame header), a PNG
+        assert not is_progressive_jpeg(read_image_bytes(awkward_files[name].path)[0]), name
+    for name in ("truncated_header", "garbage"):
+        assert not is_progressive_jpeg(torch.frombuffer(bytearray(awkward_files[name].path.read_bytes()),
+                                                        dtype=torch.uint8))
+    sample = CompressedTrainTransform()((read("progressive"), 120, 80), awkward_files["rgb"])
+    assert sample.progressive and collate_compressed([sample]).progressive.tolist() == [True]
+
+
+def test_decoder_counts_each_path_on_the_cpu(awkward_files):
+    decoder = BatchDecoder(CPU)
+    recs = [awkward_files[n] for n in ("rgb", "png", "garbage_body", "cmyk")]
+    files = [torch.frombuffer(bytearray(rec.path.read_bytes()), dtype=torch.uint8) for rec in recs]
+    images = decoder(files, torch.tensor([False, False, False, True]))
+    assert [image is None for image in images] == [False, False, True, False]
+    assert decoder.counts.take() == {"nvjpeg_batched": 0, "nvjpeg_per_image": 0, "host": 3, "host_fallback": 0,
+                                     "failed": 1, "progressive": 1}
+    assert decoder.counts.take() == dict.fromkeys(("nvjpeg_batched", "nvjpeg_per_image", "host", "host_fallback",
+                                                   "failed", "progressive"), 0)
+
+
+class ScriptedNvjpeg:
+    """decode_jpeg and the stream sync as BatchDecoder calls them on CUDA, without a GPU: records every call in
+    order; `refuse` maps a file's first byte (or "batch") to the error nvJPEG raises for it."""
+
+    def __init__(self, refuse: dict):
+        self.calls, self.refuse = [], refuse
+
+    def synchronize(self):
+        self.calls.append("sync")
+
+    def decode_jpeg(self, data, **kwargs):
+        self.calls.append("decode")
+        key = "batch" if isinstance(data, list) else int(data[0])
+        if key in self.refuse:
+            raise RuntimeError(self.refuse[key])
+        return [torch.zeros(3, 2, 2, dtype=torch.uint8)] * len(data) if key == "batch" else torch.zeros(3, 2, 2)
+
+
+@pytest.mark.parametrize("refuse, counts, warned", [
+    ({}, dict(nvjpeg_batched=3), []),
+    ({"batch": "bad batch", 2: "unsupported"}, dict(nvjpeg_per_image=2, host_fallback=1),
+     ["batched nvJPEG decode failed", "nvJPEG refused an image"]),
+    ({0: "nvjpeg missing"}, dict(host_fallback=3), ["nvJPEG cannot decode"]),  # the probe's JPEG starts with 0xff
+], ids=["batched", "per_image_and_host", "no_nvjpeg"])
+def test_cuda_decoder_syncs_before_every_decode_counts_paths_and_warns_once(monkeypatch, caplog, refuse, counts,
+                                                                           warned):
+    nvjpeg = ScriptedNvjpeg({(0xFF if k == 0 else k): v for k, v in refuse.items()})
+    monkeypatch.setattr(device_input, "decode_jpeg", nvjpeg.decode_jpeg)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: nvjpeg)
+    decoder = BatchDecoder(torch.device("cuda"))
+    monkeypatch.setattr(decoder, "_host", lambda data: torch.zeros(3, 2, 2))  # the host decode has its own tests
+    files = [torch.tensor([1, 0], dtype=torch.uint8), torch.tensor([2, 0], dtype=torch.uint8),
+             torch.tensor([3, 0], dtype=torch.uint8)]
+    with caplog.at_level(logging.WARNING, logger="ssd_ds.data.device_input"):
+        for _ in range(2):  # a second batch: the same causes warn no more
+            assert all(image is not None for image in decoder(files, torch.zeros(3, dtype=torch.bool)))
+    want = dict.fromkeys(("nvjpeg_batched", "nvjpeg_per_image", "host", "host_fallback", "failed", "progressive"), 0)
+    want.update({k: 2 * v for k, v in counts.items()})
+    assert decoder.counts.take() == want
+    assert "decode" in nvjpeg.calls
+    assert all(a == "sync" for a, b in zip(nvjpeg.calls, nvjpeg.calls[1:]) if b == "decode") and nvjpeg.calls[0] == "sync"
+    assert [r.getMessage().split(" (")[0].split(" on ")[0] for r in caplog.records] == warned
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs a CUDA device")
