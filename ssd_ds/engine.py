@@ -260,9 +260,13 @@ def evaluate(run: TrainingRun, epoch: int) -> None:
     """Sharded inference on every rank now; COCOeval of the gathered detections in the background on rank 0."""
     run.mlperf.start(mllog_keys.EVAL_START, metadata={"epoch_num": epoch})
     images_to_draw = run.cfg.eval_images_to_draw if run.rank == 0 else 0
+    # A compiled model is given every batch at the full size, the one the warm-up compiled it for (a partial batch
+    # would compile it again); an eager model runs a partial batch as it comes, so its detections (the CPU demo's
+    # AP sequence) stay bit for bit what they were.
+    pad_to = run.cfg.eval_batch if run.built.compiled else None
     detections, seen, skipped, examples = predict(
         run.built.eval_model, run.eval_loader, run.built.ops.coder, run.val_set.label_to_category,
-        run.device, run.autocast_dtype, images_to_draw, run.built.ops.decode_scores, run.built.memory_format)
+        run.device, run.autocast_dtype, images_to_draw, run.built.ops.decode_scores, run.built.memory_format, pad_to)
     if skipped:
         log.warning("evaluation at epoch %d skipped %d unreadable images on rank %d", epoch, skipped, run.rank)
     gathered = gather_to_rank0((detections, seen, skipped))

@@ -24,7 +24,7 @@ import torch
 from ssd_ds.box_coder import BoxCoder
 from ssd_ds.data.transforms import normalize_images
 from ssd_ds.fileio import atomic_open, atomic_write
-from ssd_ds.postprocess import decode_scores, postprocess, to_coco_results
+from ssd_ds.postprocess import Detections, decode_scores, postprocess, to_coco_results
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +32,36 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def detect_batch(model, images: torch.Tensor, coder: BoxCoder, device: torch.device,
                  autocast_dtype: torch.dtype | None = None, decode=decode_scores,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+                 memory_format: torch.memory_format = torch.contiguous_format, pad_to: int | None = None):
     """The device half of evaluation: uint8 images [B,3,S,S] (any device) -> `Detections` on `device` (batched:
-    no host sync). `coder` must hold its default boxes on `device` (BoxCoder.to)."""
-    images = normalize_images(images.to(device, non_blocking=True), memory_format)
+    no host sync). `coder` must hold its default boxes on `device` (BoxCoder.to).
+
+    `pad_to` (>= B) runs the model on the images followed by black ones up to that many, and returns the B real
+    images' detections only: a compiled model then sees one batch shape, where a partial batch (the last of an
+    evaluation, or one with unreadable images dropped) would make it compile again. Every image is detected on its
+    own (eval-mode BatchNorm, per-image post-processing), so the padding changes no real image's detections beyond
+    the rounding of kernels chosen for another batch size."""
+    B = images.shape[0]
+    images = images.to(device, non_blocking=True)
+    if pad_to is not None and B != pad_to:
+        if B > pad_to:
+            raise ValueError(f"detect_batch: {B} images do not fit pad_to={pad_to}")
+        images = torch.cat([images, images.new_zeros(pad_to - B, *images.shape[1:])])
+    images = normalize_images(images, memory_format)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         locs, logits = model(images)
-    return postprocess(locs, logits, coder, decode=decode)
+    detections = postprocess(locs, logits, coder, decode=decode)
+    return Detections(*(t[:B] for t in detections))
 
 
 @torch.no_grad()
 def predict(model, loader, coder: BoxCoder, label_to_category: dict[int, int], device: torch.device,
             autocast_dtype: torch.dtype | None = None, images_to_draw: int = 0, decode=decode_scores,
-            memory_format: torch.memory_format = torch.contiguous_format):
+            memory_format: torch.memory_format = torch.contiguous_format, pad_to: int | None = None):
     """This rank's detections as an [N, 7] float64 array, the ids of the images it evaluated, the count of skipped
     images, and up to `images_to_draw` examples `(image [3,S,S] uint8, boxes_ltrb relative, scores, labels)` for
-    TensorBoard. `decode` is the torch or Triton decode+softmax (triton_kernels.select.decode_scores_fn)."""
+    TensorBoard. `decode` is the torch or Triton decode+softmax (triton_kernels.select.decode_scores_fn); `pad_to`
+    (the loader's batch size) runs every batch at that size (`detect_batch`), for a compiled model."""
     was_training = model.training
     model.eval()
     detections, seen, skipped, examples = [], [], 0, []
@@ -56,7 +70,8 @@ def predict(model, loader, coder: BoxCoder, label_to_category: dict[int, int], d
         skipped += n_skipped
         if images is None:
             continue
-        per_image = detect_batch(model, images, coder, device, autocast_dtype, decode, memory_format).per_image()
+        per_image = detect_batch(model, images, coder, device, autocast_dtype, decode, memory_format,
+                                 pad_to).per_image()
         for (boxes, scores, labels), image in zip(per_image, images):
             if len(examples) < images_to_draw:
                 examples.append((image.cpu(), boxes.cpu(), scores.cpu(), labels.cpu()))

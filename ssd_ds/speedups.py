@@ -23,8 +23,10 @@ import torch
 from ssd_ds import checkpoint
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
+from ssd_ds.data.batch import box_slot_counts, box_slots
 from ssd_ds.data.transforms import normalize_images
 from ssd_ds.ds_config import engine_settings
+from ssd_ds.evaluate import detect_batch
 from ssd_ds.model_config import ModelConfig
 from ssd_ds.step import SSDTrainStep
 from triton_kernels.select import decode_scores_fn, encode_fn, resolve_backend, ssd_loss_fn
@@ -144,10 +146,16 @@ def synthetic_batch(micro_batch: int, input_size: int, max_boxes: int, generator
     return images, gt_ltrb, gt_labels
 
 
-def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, steps: int = 2) -> None:
-    """Run forward and backward on synthetic tensors so that torch.compile, cuDNN autotuning and the Triton kernels
-    compile before MLPerf's `run_start`, which forbids touching the training data earlier; then put back everything
-    a step changes (parameters' gradients, BatchNorm statistics, every RNG), so what trains is unchanged."""
+def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, eval_batch: int,
+            autocast_dtype: torch.dtype | None, steps: int = 2) -> None:
+    """Compile everything the run will run, on synthetic tensors, before MLPerf's `run_start` (which forbids touching
+    the training data earlier) so that nothing compiles inside the timed run: the training step forward and backward
+    (torch.compile, cuDNN autotuning, the Triton kernels), the encoding at every box-slot count the loader pads to,
+    and one evaluation batch through the evaluation model and its post-processing. Then put back everything these
+    change (parameters' gradients, BatchNorm statistics, the model's mode, every RNG), so what trains is unchanged.
+
+    `eval_batch` and `autocast_dtype` are the evaluation's (ssd_ds.engine.evaluate): a compiled evaluation model is
+    given every batch at that size, so this is the one shape it compiles for."""
     # the autocast the engine's forward applies
     from deepspeed.runtime.torch_autocast import autocast_if_enabled
 
@@ -155,11 +163,15 @@ def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, st
     step: SSDTrainStep = engine.module
     saved_state = {k: v.clone() for k, v in step.state_dict().items()}
     saved_rng = checkpoint.rng_state()
-    images, gt_ltrb, gt_labels = synthetic_batch(micro_batch, input_size, max_boxes)
+    images, gt_ltrb, gt_labels = synthetic_batch(micro_batch, input_size, box_slots(max_boxes))
     images = normalize_images(images.to(ops.device), built.memory_format)
     gt_ltrb, gt_labels = gt_ltrb.to(ops.device), gt_labels.to(ops.device)
     num_gt = (gt_labels > 0).sum(dim=1)
     encode = ops.encode or ops.coder.encode_batch  # the workers' encoding, on the device, when they encode
+    # The Triton encode kernel specialises on G: once at every count the loader pads to (each slice holds every
+    # synthetic box: they are in the first 8 slots).
+    for G in box_slot_counts(max_boxes):
+        encode(gt_ltrb[:, :G].contiguous(), gt_labels[:, :G].contiguous(), num_gt)
     for _ in range(steps):
         loc_t, labels_t = encode(gt_ltrb, gt_labels, num_gt)
         with autocast_if_enabled(engine):
@@ -167,6 +179,14 @@ def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, st
         loss.backward()
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"warm-up loss is {float(loss)}: the model or loss is broken before training")
+    # The evaluation model (compiled apart from the step) as `predict` runs it: in eval mode, where BatchNorm reads
+    # its running statistics and leaves them alone, without gradients, at the evaluation's batch size.
+    was_training = built.eval_model.training
+    built.eval_model.eval()
+    eval_images, _, _ = synthetic_batch(eval_batch, input_size, max_boxes=0)  # uint8, as the eval loader ships
+    detect_batch(built.eval_model, eval_images, ops.coder, ops.device, autocast_dtype, ops.decode_scores,
+                 built.memory_format)
+    built.eval_model.train(was_training)
     for p in step.parameters():
         p.grad = None
     step.load_state_dict(saved_state)

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> RunState:
         raise ValueError(f"{run_dir / 'checkpoints'}: no checkpoint to evaluate (--resume {cfg.resume})")
     if cfg.warm_up == "on" or (cfg.warm_up == "auto" and (built.compiled or device.type == "cuda")):
         t0 = time.perf_counter()
-        warm_up(built, plan.micro_batch, model_cfg.input_size, cfg.max_boxes)
+        warm_up(built, plan.micro_batch, model_cfg.input_size, cfg.max_boxes, cfg.eval_batch, engine_cfg.autocast_dtype)
         log.info("warm-up (compile, autotuning) on synthetic tensors: %.1f s", time.perf_counter() - t0)
 
     # The loop.

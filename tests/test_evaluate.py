@@ -7,7 +7,13 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ssd_ds.evaluate import STAT_NAMES, BackgroundEvaluator, coco_eval
+from ssd_ds.data.coco import CocoDetection
+from ssd_ds.data.loaders import build_eval_loader
+from ssd_ds.data.transforms import EvalTransform
+from ssd_ds.evaluate import STAT_NAMES, BackgroundEvaluator, coco_eval, detect_batch, predict
+from ssd_ds.model import build_model
+from ssd_ds.model_config import cpu_small
+from ssd_ds.speedups import apply_kernels
 
 
 def fake_detections(ann_file, seed=0):
@@ -82,3 +88,44 @@ def test_background_evaluator_does_not_block(synthetic_dataset, tmp_path):
         evaluator.poll()
     assert work > 0
     evaluator.close()
+
+
+class CallLog(torch.nn.Module):
+    """The model, noting (batch size, training mode) of every call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, images):
+        self.calls.append((images.shape[0], self.training))
+        return self.model(images)
+
+
+def test_padded_evaluation_detects_what_unpadded_does(synthetic_dataset):
+    """`pad_to` (the compiled trainer's evaluation) runs the model at one batch size only, the last, partial batch
+    filled up with black images, and gives exactly the detections of running each batch as it is."""
+    val_set = CocoDetection(synthetic_dataset, "val", skip_to_next=False)
+    cfg = cpu_small(num_classes=val_set.num_classes)
+    val_set.transform = EvalTransform(cfg.input_size)
+    loader = build_eval_loader(val_set, rank=0, world_size=1, batch_size=6, workers=0)
+    ops = apply_kernels(cfg, torch.device("cpu"), "torch", "off")
+    model = CallLog(build_model(cfg))
+    runs = {}
+    for pad_to in (None, 6):
+        model.calls.clear()
+        detections, seen, _, _ = predict(model, loader, ops.coder, val_set.label_to_category, torch.device("cpu"),
+                                         memory_format=torch.channels_last, pad_to=pad_to)
+        runs[pad_to] = detections, seen, [size for size, _ in model.calls]
+    (unpadded, seen, sizes), (padded, padded_seen, padded_sizes) = runs[None], runs[6]
+    assert sizes[0] == 6 > sizes[-1] and padded_sizes == [6] * len(sizes)  # the last batch is partial, then padded
+    assert padded_seen == seen and len(seen) == len(val_set)
+    assert len(unpadded) > 0 and np.array_equal(padded, unpadded)
+    model.eval()  # as predict leaves it: in training mode BatchNorm would mix the images' statistics
+    batches = [images for images, _, _, _ in loader]
+    partial = batches[-1]
+    want = detect_batch(model, partial, ops.coder, torch.device("cpu"))
+    got = detect_batch(model, partial, ops.coder, torch.device("cpu"), pad_to=6)  # the padding's rows dropped
+    assert [t.shape for t in got] == [t.shape for t in want] and all(map(torch.equal, got, want))
+    with pytest.raises(ValueError, match="6 images do not fit pad_to=4"):
+        detect_batch(model, batches[0], ops.coder, torch.device("cpu"), pad_to=4)

@@ -1,8 +1,10 @@
-"""The speed-up plumbing on CPU: DeepSpeed settings for CUDA, the device prefetcher, the shared-memory check."""
+"""The speed-up plumbing on CPU: DeepSpeed settings for CUDA, the device prefetcher, the shared-memory check, the
+shapes the warm-up compiles for."""
 
 import glob
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from deepspeed.utils.config import get_timers_config
@@ -10,7 +12,12 @@ from deepspeed.utils.config import get_timers_config
 from ssd_ds.data.batch import Batch
 from ssd_ds.data.loaders import DevicePrefetcher, check_shared_memory, shared_memory_needed
 from ssd_ds.ds_config import engine_settings
+from ssd_ds.model import build_model
+from ssd_ds.model_config import cpu_small
+from ssd_ds.speedups import Engine, apply_kernels, warm_up
+from ssd_ds.step import SSDTrainStep
 from tests.helpers import REPO
+from tests.test_evaluate import CallLog
 
 
 def test_throughput_timer_is_off_on_cuda_and_a_config_keeps_its_own_choice():
@@ -50,3 +57,28 @@ def test_shared_memory_check_names_the_docker_flags_when_batches_do_not_fit(tmp_
     # The H200 config: 456 uint8 images of 300x300 and raw boxes, 8 workers x 2 prefetched + 1 in flight.
     batch = 456 * (3 * 300 * 300 + 128 * 24)
     assert 2.0e9 < shared_memory_needed(batch, workers=8) < 2.2e9
+
+
+def test_warm_up_encodes_at_every_box_slot_count_and_evaluates_one_full_batch():
+    """The warm-up meets the shapes the run will: the encoding at every G the loader pads boxes to (8 ... 128 for
+    --max_boxes 100: ssd_ds.data.batch.box_slots), the evaluation model in eval mode on one batch of eval_batch
+    images; then the model is as it was (weights, BatchNorm statistics, training mode, no gradients, the RNG)."""
+    cfg = cpu_small(num_classes=3)
+    model = build_model(cfg)
+    ops = apply_kernels(cfg, torch.device("cpu"), "torch", encode_on_device="on")
+    encode, box_slots_encoded = ops.encode, []
+
+    def logged_encode(boxes, labels, num_boxes):
+        box_slots_encoded.append(boxes.shape[1])
+        return encode(boxes, labels, num_boxes)
+
+    ops.encode = logged_encode
+    step, eval_model = SSDTrainStep(model, ops.loss), CallLog(model)
+    before, rng = {k: v.clone() for k, v in step.state_dict().items()}, torch.get_rng_state()
+    engine = SimpleNamespace(module=step, torch_autocast_enabled=lambda: False)  # what warm_up reads of DeepSpeed's
+    built = Engine(engine, ops, torch.contiguous_format, compiled=False, eval_model=eval_model)
+    warm_up(built, micro_batch=2, input_size=cfg.input_size, max_boxes=100, eval_batch=3, autocast_dtype=None)
+    assert sorted(set(box_slots_encoded)) == [8, 16, 32, 64, 128]
+    assert eval_model.calls == [(3, False)] and model.training
+    assert all(torch.equal(v, before[k]) for k, v in step.state_dict().items())
+    assert all(p.grad is None for p in model.parameters()) and torch.equal(torch.get_rng_state(), rng)

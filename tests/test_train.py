@@ -14,9 +14,10 @@ from tests.helpers import REPO, env, free_port, metrics, train_args
 DEVICE_AP_TOLERANCE = 0.08  # the demo's AP moves 0.04-0.05 between two seeds at epochs 2-3 (BENCHMARKS.md)
 
 
-def run_train(args, check=True, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "ssd_ds.train", *args], cwd=REPO, env=env(), capture_output=True,
-                          text=True, timeout=timeout)
+def run_train(args, check=True, timeout=600, **environ):
+    """The trainer in its own process with `args` (and `environ` added to its environment)."""
+    proc = subprocess.run([sys.executable, "-m", "ssd_ds.train", *args], cwd=REPO, env=env(**environ),
+                          capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"trainer failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -243,3 +244,24 @@ def test_warm_up_before_run_start_leaves_training_unchanged(synthetic_dataset, t
         evals[warm] = [m["stats"] for m in metrics(run_dir) if "eval_epoch" in m]
     assert len(got["off"]) >= 5 and got["on"] == got["off"]
     assert evals["on"] == evals["off"] and evals["off"][0] is not None
+
+
+def test_compiled_run_compiles_everything_in_the_warm_up(synthetic_dataset, tmp_path):
+    """A compiled run traces the training step and the evaluation model in its warm-up, before run_start, and never
+    again: not for the evaluation's last, partial batch, which is padded to the full batch. TORCH_LOGS=recompiles
+    prints every recompilation, dynamo's INFO log every trace."""
+    from ssd_ds.data.coco import CocoDetection
+
+    val_images, eval_batch = len(CocoDetection(synthetic_dataset, "val")), 6
+    assert val_images % eval_batch, "the last evaluation batch must be partial"
+    run_dir = tmp_path / "compiled"
+    proc = run_train(train_args(synthetic_dataset, run_dir, "--epochs", "1", "--eval_epochs", "1", "--eval_batch",
+                                str(eval_batch), "--compile", "on"), TORCH_LOGS="recompiles,dynamo")
+    assert "compiled: True" in proc.stderr
+    assert "Recompiling function" not in proc.stderr, proc.stderr[-6000:]
+    warm_up_done = proc.stderr.index("warm-up (compile, autotuning) on synthetic tensors")
+    assert "torchdynamo start tracing" in proc.stderr[:warm_up_done]
+    late = [line for line in proc.stderr[warm_up_done:].splitlines() if "torchdynamo start tracing" in line]
+    assert not late, late
+    coverage = [m for m in metrics(run_dir) if "eval_coverage" in m]
+    assert len(coverage) == 1 and coverage[0]["unique"] == coverage[0]["val_images"] == val_images

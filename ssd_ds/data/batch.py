@@ -54,6 +54,12 @@ def box_slots(largest: int) -> int:
     return max(MIN_BOX_SLOTS, 1 << max(largest - 1, 0).bit_length())
 
 
+def box_slot_counts(max_boxes: int) -> list[int]:
+    """Every G a batch of images holding at most `max_boxes` boxes each is padded to (8, 16, ... box_slots(max_boxes)):
+    the shapes the encode kernel is compiled for."""
+    return sorted({box_slots(n) for n in range(max_boxes + 1)})
+
+
 def pad_boxes(boxes: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-image boxes [G_i,4] and labels [G_i] -> (boxes [B,G,4], labels [B,G], num_boxes [B]), G = box_slots."""
     counts = [len(lab) for lab in labels]

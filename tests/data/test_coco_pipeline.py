@@ -7,6 +7,7 @@ from torchvision.ops import box_iou
 
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
+from ssd_ds.data.batch import box_slot_counts
 from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, eval_shard
 from ssd_ds.data.transforms import CROP_MODES, EvalTransform, TrainTransform, try_crop
@@ -219,6 +220,7 @@ def test_batches_pad_boxes_to_a_power_of_two_above_their_largest_count(synthetic
         for batch in build_train_loader(ds, TrainSampler(len(ds), seed=3), batch_size=8, workers=0):
             count = int(batch.num_boxes.max())
             G = batch.boxes.shape[1]
+            assert G in box_slot_counts(128)  # the counts the warm-up encodes at
             assert batch.labels.shape == (8, G) and batch.images.shape == (8, 3, 128, 128)
             assert G >= max(count, 8) and G & (G - 1) == 0 and (G == 8 or G < 2 * count)
             assert torch.equal(batch.num_boxes, (batch.labels > 0).sum(dim=1))
