@@ -1,56 +1,77 @@
 #!/usr/bin/env bash
-# The one prepared GPU run, for a machine with one NVIDIA GPU and no network; under 8 minutes with cold compiles.
+# The one prepared GPU run, for a machine with one NVIDIA H100 or H200 and no network: the trainer as users run it,
+# then what its logs cannot show. Step limits sum to at most 450 s (printed first as the plan); a step that would
+# outrun what is left of the budget is cut to it, and one that cannot start is skipped and said so.
 #
-#   scripts/gpu_check.sh            on the GPU machine (carry .whl/ from scripts/gpu_wheels.sh for what it lacks)
-#   scripts/gpu_check.sh --dry-run  the same steps on CPU at tiny sizes (Triton's interpreter, gloo); tested in CI
+#   scripts/gpu_check.sh [--compile-cache FILE]   on the GPU machine (carry .whl/ from scripts/gpu_wheels.sh)
+#   scripts/gpu_check.sh --dry-run                the same steps on CPU at tiny sizes (Triton's interpreter, gloo);
+#                                                 tested in CI (tests/test_gpu_check.py)
 #
-# Riskiest first, each step under a timeout within one overall budget:
-#   1. environment (GPU, driver, torch, triton, DeepSpeed) and the carried wheels (failing loudly);
-#   2. train_smoke: the trainer itself, launched by DeepSpeed (NCCL) on the `mlperf` model at 300x300 on generated
-#      data: bf16 autocast, torch.compile, Triton kernels, images decoded and augmented and boxes encoded on the
-#      device, ~30 iterations, one evaluation through the background COCOeval; its MLPerf log parsed;
-#   3. train_throughput: `ssd_ds.bench train` at micro-batch 128 and 256 (the trainer's own engine and step), with
-#      model FLOPs per image and the fraction of the bf16 peak;
-#   4. data_throughput: `ssd_ds.bench data`: the CPU input path per core, the device path at micro-batch 256;
-#   5. kernel_tests on CUDA, then the kernel microbenchmarks (rows written as they are measured).
-# Results in $OUT if set, else results/gpu_check: summary.md (also printed, last), steps.tsv and gpu_check.tar.gz
-# (every log, CSV and the smoke run's directory): three files.
+# Riskiest and most valuable first:
+#   data   synthetic COCO-layout data with COCO-sized JPEGs (480-640 px a side), every 4th progressive;
+#   train  the trainer, one process, at the shipped H200 configuration (ds_configs/h200_1x912_bf16.json: micro-batch
+#          456, accumulation 2, bf16), 8 workers under `ulimit -n 1024`, --input device, --compile on, Triton
+#          kernels, 3 short epochs with evaluations after epochs 2 and 3 in the background (COCOeval), the MLPerf log
+#          parsed; steady-state img/s from epoch 2 on, warm-up seconds, recompiles and graph breaks (TORCH_LOGS),
+#          peak memory, which decode path the images took; torch.compile's cache artifacts kept for the next run;
+#   phases per micro-batch: host time waiting, preparing and launching; CUDA-event time of the side-stream
+#          preparation and of the step; synchronising calls; decode img/s of 456 images batched and image by image;
+#   race   the drain before nvJPEG proven: prepared batches equal a drained reference bit for bit;
+#   loader the device input path's loader alone at 456 with 8 workers: img/s, most file descriptors held;
+#   tests  the kernel tests (-x, in parallel) and the CUDA-only tests outside tests/kernels.
+# Results in $OUT if set, else results/gpu_check: summary.md (also printed, last), steps.tsv, gpu_check.tar.gz (every
+# log and the trainer's run directory, no data or checkpoints) and, when it fits in 16 MiB, compile_cache.bin: give
+# it back with --compile-cache on a later run of the same torch and GPU to skip the cold compiles.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-DRY_RUN=0
-case "${1:-}" in
-  --dry-run) DRY_RUN=1 ;;
-  "") ;;
-  *) echo "usage: $0 [--dry-run]" >&2; exit 2 ;;
-esac
+DRY_RUN=0 CACHE_IN=""
+while (($#)); do
+  case "$1" in
+    --dry-run) DRY_RUN=1 ;;
+    --compile-cache) CACHE_IN="${2:?--compile-cache needs a file}"; shift ;;
+    *) echo "usage: $0 [--dry-run] [--compile-cache FILE]" >&2; exit 2 ;;
+  esac
+  shift
+done
 RESULTS="${OUT:-results/gpu_check}"
-BUDGET_S="${GPU_CHECK_BUDGET_S:-450}"  # the steps; start-up, wheels and packing take the rest of the 8 minutes
-LIMIT_SCALE=1  # step limits are set for the GPU; the interpreter on 2 CPU cores needs more time per step
-if ((DRY_RUN)); then BUDGET_S="${GPU_CHECK_BUDGET_S:-1200}" LIMIT_SCALE=4; fi
+# name:limit (seconds on the GPU); the plan, in order. A dry run scales the limits (2 CPU cores, the interpreter).
+PLAN=(data:40 train:210 phases:75 race:25 loader:25 tests:60)
+BUDGET_S="${GPU_CHECK_BUDGET_S:-450}"
+LIMIT_SCALE=1
+if ((DRY_RUN)); then BUDGET_S="${GPU_CHECK_BUDGET_S:-1500}" LIMIT_SCALE=5; fi
 PY="${PYTHON:-python3}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"  # logs gather here and are packed into $RESULTS at the end
 mkdir -p "$RESULTS"
 : > "$WORK/steps.tsv"
+CACHE_MAX_BYTES=$((16 * 1024 * 1024))  # what the device tool returns per file
+
+total=0
+for entry in "${PLAN[@]}"; do total=$((total + ${entry#*:})); done
+echo "plan (limits on the GPU, s): ${PLAN[*]} = $total of $((DRY_RUN ? 450 : BUDGET_S))"
 
 finish() {  # whatever happened: pack everything, then print the summary table last
   "$PY" scripts/gpu_summary.py "$WORK" > /dev/null 2>&1 || echo "gpu_summary.py failed" > "$WORK/summary.md"
   cp "$WORK/summary.md" "$WORK/steps.tsv" "$RESULTS/"
+  if [[ -s "$WORK/compile_cache.bin" ]] && (($(stat -c %s "$WORK/compile_cache.bin") <= CACHE_MAX_BYTES)); then
+    cp "$WORK/compile_cache.bin" "$RESULTS/"
+  fi
   tar -czf "$RESULTS/gpu_check.tar.gz" -C "$WORK" --exclude=./synthetic --exclude=./torch_extensions \
-    --exclude=./train_smoke/checkpoints .
+    --exclude=./train/checkpoints --exclude=./compile_cache.bin .
   rm -rf "$WORK"
   echo
   cat "$RESULTS/summary.md"
 }
 trap finish EXIT
 
-# step NAME LIMIT_S CMD...: CMD's output in $WORK/NAME.log, within LIMIT_S and what is left of the budget. CMD may
-# be a function of this script (exported, run by bash under timeout).
+# step NAME CMD...: CMD's output in $WORK/NAME.log and its `probe `/result lines in NAME.result, within the plan's
+# limit for NAME and what is left of the budget. CMD may be a function of this script (exported, run by bash).
 step() {
-  local name=$1 limit=$(($2 * LIMIT_SCALE))
-  shift 2
+  local name=$1 limit entry
+  shift
+  for entry in "${PLAN[@]}"; do [[ ${entry%%:*} == "$name" ]] && limit=$((${entry#*:} * LIMIT_SCALE)); done
   local left=$((BUDGET_S - SECONDS))
-  if ((left < 20)); then
+  if ((left < 15)); then
     printf '%s\tskipped(budget)\t0\t-\n' "$name" >> "$WORK/steps.tsv"
     echo "[$name] skipped: out of the time budget"
     return 1
@@ -60,6 +81,7 @@ step() {
   if declare -F "$1" > /dev/null; then set -- bash -c '"$@"' bash "$@"; fi  # an exported function, args kept
   timeout -k 10 "$limit" "$@" > "$WORK/$name.log" 2>&1
   rc=$?
+  grep -E '^(probe|result)[ :]' "$WORK/$name.log" >> "$WORK/$name.result" 2>/dev/null
   case $rc in
     0) status=ok ;;
     124) status="timeout(${limit}s)" ;;
@@ -70,18 +92,21 @@ step() {
   return $rc
 }
 
-# --- 1. environment and carried wheels -----------------------------------------------------------------------
+# --- environment and carried wheels --------------------------------------------------------------------------
 if ((DRY_RUN)); then
-  export TRITON_INTERPRET=1 KERNEL_BENCH_DRY_RUN=1 CUDA_VISIBLE_DEVICES="" DS_ACCELERATOR=cpu
-  MODEL=cpu_small NUM_CLASSES=7 MICRO=4 TRAIN_IMAGES=48 VAL_IMAGES=8 WORKERS=1 COMPILE=off
-  KERNEL_TESTS="tests/kernels/test_decode.py" KERNEL_BATCHES="2" BENCH_BATCHES=2 BENCH_STEPS=1 DATA_BATCH=4
-  DATA_SECONDS=1
+  export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES="" DS_ACCELERATOR=cpu
+  MODEL=cpu_small TRAIN_IMAGES=48 VAL_IMAGES=10 MIN_SIZE=48 MAX_SIZE=64 WORKERS=1 COMPILE=off EVAL_BATCH=4
+  printf '{"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
+           "torch_autocast": {"enabled": true, "dtype": "bfloat16"}}\n' > "$WORK/ds.json"
+  DS_CONFIG="$WORK/ds.json" MICRO=4 PROBE_ITERS=2 RACE_BATCH=4 RACE_ITERS=2 LOADER_BATCHES=3
+  TESTS="tests/kernels/test_decode.py" XDIST=""
 else
   unset TRITON_INTERPRET  # the kernels must run compiled on the GPU, not in the interpreter
-  # 30 iterations of micro-batch 128 (the first throughput batch, so the bench finds the compiled graph cached)
-  MODEL=mlperf NUM_CLASSES=81 MICRO=128 TRAIN_IMAGES=4000 VAL_IMAGES=300 WORKERS=12 COMPILE=on
-  KERNEL_TESTS="tests/kernels --ignore=tests/kernels/test_compile_check.py" KERNEL_BATCHES="32 256"
-  BENCH_BATCHES=128,256 BENCH_STEPS=10 DATA_BATCH=256 DATA_SECONDS=5
+  # 4 iterations of 912 an epoch once ~3% of images without boxes are dropped; 500 val images leave a partial
+  # evaluation batch (500 % 128 = 116), which a compiled evaluation pads
+  MODEL=mlperf TRAIN_IMAGES=3900 VAL_IMAGES=500 MIN_SIZE=480 MAX_SIZE=640 WORKERS=8 COMPILE=on EVAL_BATCH=128
+  DS_CONFIG=ds_configs/h200_1x912_bf16.json MICRO=456 PROBE_ITERS=8 RACE_BATCH=64 RACE_ITERS=20 LOADER_BATCHES=6
+  TESTS="tests/kernels --ignore=tests/kernels/test_compile_check.py" XDIST="-n 8"
   if compgen -G ".whl/*.whl" > /dev/null; then
     echo "installing the carried wheels from .whl/ into /tmp/site"
     if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -92,16 +117,21 @@ else
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}" PATH="/tmp/site/bin:$PATH"
   fi
 fi
-export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 PY WORK MODEL NUM_CLASSES MICRO TRAIN_IMAGES VAL_IMAGES
-export WORKERS COMPILE BENCH_BATCHES BENCH_STEPS DATA_BATCH DATA_SECONDS
+# every test that needs CUDA outside tests/kernels (skipped in a dry run)
+CUDA_TESTS="tests/data/test_device_input.py::test_cuda_decode_falls_back_per_image"
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 PY WORK MODEL TRAIN_IMAGES VAL_IMAGES MIN_SIZE MAX_SIZE
+export WORKERS COMPILE EVAL_BATCH DS_CONFIG MICRO PROBE_ITERS RACE_BATCH RACE_ITERS LOADER_BATCHES
 # On the GPU machine a fresh directory for JIT-built ops (no lock file left by anyone else); a dry run keeps the
 # environment's, where `make` built DeepSpeed's CPU op once (a rebuild costs a minute of CPU).
 if ! ((DRY_RUN)) || [[ -z "${TORCH_EXTENSIONS_DIR:-}" ]]; then export TORCH_EXTENSIONS_DIR="$WORK/torch_extensions"; fi
+if [[ -n "$CACHE_IN" ]]; then cp "$CACHE_IN" "$WORK/compile_cache.bin" || exit 1; fi
 
 if ! "$PY" - > "$WORK/env.txt" 2>&1 <<'PY'
-import torch, triton, deepspeed, pycocotools, faster_coco_eval, mlperf_logging, torch.utils.tensorboard  # noqa: F401
+import torch, torchvision, triton, deepspeed, pycocotools, faster_coco_eval, mlperf_logging  # noqa: F401
+import torch.utils.tensorboard  # noqa: F401
 gpu = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})" if torch.cuda.is_available() else "no CUDA GPU"
-print(f"{gpu} | torch {torch.__version__} | triton {triton.__version__} | deepspeed {deepspeed.__version__}")
+print(f"{gpu} | torch {torch.__version__} | torchvision {torchvision.__version__} | triton {triton.__version__} | "
+      f"deepspeed {deepspeed.__version__}")
 PY
 then
   cat "$WORK/env.txt" >&2
@@ -111,46 +141,47 @@ fi
 command -v nvidia-smi > /dev/null && nvidia-smi >> "$WORK/env.txt" 2>&1
 head -1 "$WORK/env.txt"
 
-# --- 2. the trainer, end to end ------------------------------------------------------------------------------
-smoke() {
-  "$PY" -m ssd_ds.data.synthetic "$WORK/synthetic" --train "$TRAIN_IMAGES" --val "$VAL_IMAGES" || return
-  printf '{"train_micro_batch_size_per_gpu": %d, "gradient_accumulation_steps": 1,
-           "torch_autocast": {"enabled": true, "dtype": "bfloat16"}}\n' "$MICRO" > "$WORK/ds_smoke.json"
-  local port
-  port=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-  deepspeed --num_gpus 1 --master_port "$port" --module ssd_ds.train --preset mlperf --model "$MODEL" \
-    --backbone_weights none --data "$WORK/synthetic" --synthetic false --run_dir "$WORK/train_smoke" \
-    --deepspeed_config "$WORK/ds_smoke.json" --epochs 1 --eval_epochs 1 --target_map 1.0 --division open \
-    --compile "$COMPILE" --kernels triton --encode_on_device on --workers "$WORKERS" --eval_batch 64 \
-    --log_every 5 --warmup_iters 10 --progress false --submission_platform gpu_check || return
-  "$PY" scripts/gpu_summary.py --smoke "$WORK/train_smoke" > "$WORK/train_smoke.result"
+# --- data --------------------------------------------------------------------------------------------------------
+data() {
+  "$PY" -m ssd_ds.data.synthetic "$WORK/synthetic" --train "$TRAIN_IMAGES" --val "$VAL_IMAGES" \
+    --min-size "$MIN_SIZE" --max-size "$MAX_SIZE" || return
+  "$PY" scripts/gpu_probe.py progressive "$WORK/synthetic" --every 4
 }
-export -f smoke
-step train_smoke 180 smoke
+export -f data
+step data data || exit 1  # nothing after it has data to read
 
-# bench_rows NAME PATTERN CMD...: CMD's output, and its lines matching PATTERN in NAME.result as they are printed,
-# so that a step cut by its limit keeps the rows it measured.
-bench_rows() {
-  local name=$1 pattern=$2
-  shift 2
-  "$@" | tee >(grep --line-buffered -E "$pattern" > "$WORK/$name.result")
-  return "${PIPESTATUS[0]}"
+# --- the trainer, end to end, as users run it ----------------------------------------------------------------
+train() {
+  ulimit -n 1024  # a common default on GPU nodes and under Slurm
+  TORCH_LOGS="recompiles,graph_breaks" "$PY" -m ssd_ds.train --preset mlperf --model "$MODEL" \
+    --backbone_weights none --data "$WORK/synthetic" --synthetic false --run_dir "$WORK/train" \
+    --deepspeed_config "$DS_CONFIG" --epochs 3 --eval_epochs 2 --target_map 1.0 --division open \
+    --compile "$COMPILE" --kernels triton --input device --encode_on_device on --workers "$WORKERS" \
+    --eval_batch "$EVAL_BATCH" --log_every 1 --warmup_iters 10 --progress false --loader_timeout 60 \
+    --compile_cache "$WORK/compile_cache.bin" --submission_platform gpu_check || return
+  "$PY" scripts/gpu_summary.py --smoke "$WORK/train" "$WORK/train.log"
 }
-export -f bench_rows
+export -f train
+step train train
 
-# --- 3. training-step throughput of the trainer's configuration ----------------------------------------------
-step train_throughput 150 bench_rows train_throughput "^training step|^  batch" "$PY" -m ssd_ds.bench train \
-  --model "$MODEL" --num_classes "$NUM_CLASSES" --batch "$BENCH_BATCHES" --steps "$BENCH_STEPS"
+# --- what the trainer's logs cannot show -------------------------------------------------------------------------
+phases() {
+  ulimit -n 1024
+  "$PY" scripts/gpu_probe.py phases --data "$WORK/synthetic" --deepspeed_config "$DS_CONFIG" --model "$MODEL" \
+    --compile "$COMPILE" --workers "$WORKERS" --iters "$PROBE_ITERS" --eval_batch "$EVAL_BATCH"
+}
+export -f phases
+step phases phases
+step race "$PY" scripts/gpu_probe.py race --data "$WORK/synthetic" --batch "$RACE_BATCH" --iters "$RACE_ITERS"
+loader() {
+  ulimit -n 1024
+  "$PY" scripts/gpu_probe.py loader --data "$WORK/synthetic" --batch "$MICRO" --workers "$WORKERS" \
+    --batches "$LOADER_BATCHES"
+}
+export -f loader
+step loader loader
 
-# --- 4. the input pipeline: the CPU path per core, the device path (decode and augment on the GPU) ------------
-step data_throughput 90 bench_rows data_throughput "img/s|cores per" "$PY" -m ssd_ds.bench data \
-  --data "$WORK/synthetic" --model "$MODEL" --batch "$DATA_BATCH" --seconds "$DATA_SECONDS"
-
-# --- 5. kernels: tests on CUDA, then microbenchmarks ---------------------------------------------------------
-# shellcheck disable=SC2086  # KERNEL_TESTS and KERNEL_BATCHES are word lists
-step kernel_tests 90 "$PY" -m pytest -q -p no:cacheprovider $KERNEL_TESTS --junitxml="$WORK/kernel_tests.xml"
-for op in loss decode encode; do
-  # shellcheck disable=SC2086
-  step "bench_$op" 30 "$PY" -m triton_kernels.benchmarks.bench_$op --batches $KERNEL_BATCHES --out "$WORK/bench_$op.csv"
-done
+# --- tests on CUDA -------------------------------------------------------------------------------------------
+# shellcheck disable=SC2086  # TESTS and XDIST are word lists
+step tests "$PY" -m pytest -q -x $XDIST -p no:cacheprovider $TESTS $CUDA_TESTS --junitxml="$WORK/tests.xml"
 exit 0

@@ -239,6 +239,9 @@ def log_training(run: TrainingRun, elapsed: float, data_wait: float, prepare: fl
                        skipped_images=run.skipped_images)
     if run.decode_counts is not None:
         records[-1]["decode"] = run.decode_counts.take()
+    if run.device.type == "cuda":  # the allocator's own counters: no sync
+        records[-1].update(max_allocated_gib=torch.cuda.max_memory_allocated(run.device) / 2**30,
+                           max_reserved_gib=torch.cuda.max_memory_reserved(run.device) / 2**30)
     run.skipped_images = 0
     for record in records:
         run.metrics.log("train", record, record["iteration"])

@@ -60,6 +60,7 @@ class RunConfig:
     input: str = "auto"  # decode+augment images: in the loader workers (cpu) or batched on the device (auto: on CUDA)
     encode_on_device: str = "auto"  # match+encode boxes on the device (auto: on CUDA) instead of in the loader workers
     warm_up: str = "auto"  # compile/autotune on synthetic data before run_start: auto (compiled or CUDA), on, off
+    compile_cache: str | None = None  # file of torch.compile cache artifacts: loaded before the warm-up, saved after
     max_boxes: int = 128  # boxes per image shipped raw when encoding on the device (COCO 2017 train has <= 93)
     channels_last: bool = True  # NHWC activations (faster convolutions on GPUs and on oneDNN CPUs)
     checkpoint_every: int = 0  # also checkpoint every this many iterations (0: only at epoch ends)

@@ -15,7 +15,9 @@ CUDA tensors, which raise on any CPU tensor mixed into them.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -27,6 +29,7 @@ from ssd_ds.data.batch import box_slot_counts, box_slots
 from ssd_ds.data.transforms import normalize_images
 from ssd_ds.ds_config import engine_settings
 from ssd_ds.evaluate import detect_batch
+from ssd_ds.fileio import atomic_write
 from ssd_ds.model_config import ModelConfig
 from ssd_ds.step import SSDTrainStep
 from triton_kernels.select import decode_scores_fn, encode_fn, resolve_backend, ssd_loss_fn
@@ -147,7 +150,7 @@ def synthetic_batch(micro_batch: int, input_size: int, max_boxes: int, generator
 
 
 def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, eval_batch: int,
-            autocast_dtype: torch.dtype | None, steps: int = 2) -> None:
+            autocast_dtype: torch.dtype | None, steps: int = 2) -> float:
     """Compile everything the run will run, on synthetic tensors, before MLPerf's `run_start` (which forbids touching
     the training data earlier) so that nothing compiles inside the timed run: the training step forward and backward
     (torch.compile, cuDNN autotuning, the Triton kernels), the encoding at every box-slot count the loader pads to,
@@ -155,7 +158,8 @@ def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, ev
     change (parameters' gradients, BatchNorm statistics, the model's mode, every RNG), so what trains is unchanged.
 
     `eval_batch` and `autocast_dtype` are the evaluation's (ssd_ds.engine.evaluate): a compiled evaluation model is
-    given every batch at that size, so this is the one shape it compiles for."""
+    given every batch at that size, so this is the one shape it compiles for. Returns the seconds the evaluation
+    model's part took (its compile, where it compiles)."""
     # the autocast the engine's forward applies
     from deepspeed.runtime.torch_autocast import autocast_if_enabled
 
@@ -181,15 +185,44 @@ def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, ev
             raise FloatingPointError(f"warm-up loss is {float(loss)}: the model or loss is broken before training")
     # The evaluation model (compiled apart from the step) as `predict` runs it: in eval mode, where BatchNorm reads
     # its running statistics and leaves them alone, without gradients, at the evaluation's batch size.
+    _synchronize(ops.device)
+    t0 = time.perf_counter()
     was_training = built.eval_model.training
     built.eval_model.eval()
     eval_images, _, _ = synthetic_batch(eval_batch, input_size, max_boxes=0)  # uint8, as the eval loader ships
     detect_batch(built.eval_model, eval_images, ops.coder, ops.device, autocast_dtype, ops.decode_scores,
                  built.memory_format)
     built.eval_model.train(was_training)
+    _synchronize(ops.device)
+    eval_seconds = time.perf_counter() - t0
     for p in step.parameters():
         p.grad = None
     step.load_state_dict(saved_state)
     checkpoint.set_rng_state(saved_rng)
-    if ops.device.type == "cuda":
-        torch.cuda.synchronize(ops.device)
+    _synchronize(ops.device)
+    return eval_seconds
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_compile_cache(path: str) -> bool:
+    """Load torch.compile's cache artifacts (`torch.compiler.save_cache_artifacts`) from `path` if it exists, so that
+    the compiles of an earlier run with the same torch, GPU, model and shapes are cache hits; False if absent."""
+    if not Path(path).is_file():
+        return False
+    torch.compiler.load_cache_artifacts(Path(path).read_bytes())
+    return True
+
+
+def save_compile_cache(path: str) -> int | None:
+    """Save this process's torch.compile cache artifacts to `path` (atomically): their size in bytes, or None when
+    nothing compiled."""
+    artifacts = torch.compiler.save_cache_artifacts()
+    if artifacts is None:
+        return None
+    data, _info = artifacts
+    atomic_write(path, data)
+    return len(data)

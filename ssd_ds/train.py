@@ -34,7 +34,8 @@ from ssd_ds.model_config import build_model_config
 from ssd_ds.run_config import config_from_args
 from ssd_ds.run_dir import open_run_dir
 from ssd_ds.schedule import base_lr, lr_factor
-from ssd_ds.speedups import build_engine, build_optimizer, should_encode_on_device, warm_up
+from ssd_ds.speedups import (build_engine, build_optimizer, load_compile_cache, save_compile_cache,
+                             should_encode_on_device, warm_up)
 
 log = logging.getLogger("ssd_ds.train")
 
@@ -129,9 +130,17 @@ def main(argv: list[str] | None = None) -> RunState:
     elif cfg.eval_only:
         raise ValueError(f"{run_dir / 'checkpoints'}: no checkpoint to evaluate (--resume {cfg.resume})")
     if cfg.warm_up == "on" or (cfg.warm_up == "auto" and (built.compiled or device.type == "cuda")):
+        if cfg.compile_cache and load_compile_cache(cfg.compile_cache):
+            log.info("torch.compile cache artifacts loaded from %s", cfg.compile_cache)
         t0 = time.perf_counter()
-        warm_up(built, plan.micro_batch, model_cfg.input_size, cfg.max_boxes, cfg.eval_batch, engine_cfg.autocast_dtype)
-        log.info("warm-up (compile, autotuning) on synthetic tensors: %.1f s", time.perf_counter() - t0)
+        eval_seconds = warm_up(built, plan.micro_batch, model_cfg.input_size, cfg.max_boxes, cfg.eval_batch,
+                               engine_cfg.autocast_dtype)
+        log.info("warm-up (compile, autotuning) on synthetic tensors: %.1f s, of which the evaluation model %.1f s",
+                 time.perf_counter() - t0, eval_seconds)
+        if cfg.compile_cache and rank == 0:
+            saved = save_compile_cache(cfg.compile_cache)
+            log.info("torch.compile cache artifacts: %s", f"{saved / 2**20:.1f} MiB saved to {cfg.compile_cache}"
+                     if saved else "none to save")
 
     # The loop.
     preparation = DevicePreparation(device, model_cfg.input_size) if decode_on_device else None

@@ -14,7 +14,7 @@ from ssd_ds.data.loaders import DevicePrefetcher, check_shared_memory, shared_me
 from ssd_ds.ds_config import engine_settings
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
-from ssd_ds.speedups import Engine, apply_kernels, warm_up
+from ssd_ds.speedups import Engine, apply_kernels, load_compile_cache, save_compile_cache, warm_up
 from ssd_ds.step import SSDTrainStep
 from tests.helpers import REPO
 from tests.test_evaluate import CallLog
@@ -82,3 +82,14 @@ def test_warm_up_encodes_at_every_box_slot_count_and_evaluates_one_full_batch():
     assert eval_model.calls == [(3, False)] and model.training
     assert all(torch.equal(v, before[k]) for k, v in step.state_dict().items())
     assert all(p.grad is None for p in model.parameters()) and torch.equal(torch.get_rng_state(), rng)
+
+
+def test_compile_cache_artifacts_round_trip(tmp_path):
+    """What a compiled run saves after its warm-up, a later one loads before it (--compile_cache)."""
+    assert not load_compile_cache(str(tmp_path / "absent.bin"))
+    compiled = torch.compile(lambda x: torch.sin(x) * 2 + 1)
+    x = torch.arange(8.0)
+    torch.testing.assert_close(compiled(x), torch.sin(x) * 2 + 1)
+    size = save_compile_cache(str(tmp_path / "cache.bin"))
+    assert size and (tmp_path / "cache.bin").stat().st_size == size
+    assert load_compile_cache(str(tmp_path / "cache.bin"))

@@ -255,9 +255,12 @@ def test_compiled_run_compiles_everything_in_the_warm_up(synthetic_dataset, tmp_
     val_images, eval_batch = len(CocoDetection(synthetic_dataset, "val")), 6
     assert val_images % eval_batch, "the last evaluation batch must be partial"
     run_dir = tmp_path / "compiled"
+    cache = tmp_path / "compile_cache.bin"
     proc = run_train(train_args(synthetic_dataset, run_dir, "--epochs", "1", "--eval_epochs", "1", "--eval_batch",
-                                str(eval_batch), "--compile", "on"), TORCH_LOGS="recompiles,dynamo")
+                                str(eval_batch), "--compile", "on", "--compile_cache", str(cache)),
+                     TORCH_LOGS="recompiles,dynamo")
     assert "compiled: True" in proc.stderr
+    assert f"saved to {cache}" in proc.stderr and cache.stat().st_size > 0  # what a later run loads
     assert "Recompiling function" not in proc.stderr, proc.stderr[-6000:]
     warm_up_done = proc.stderr.index("warm-up (compile, autotuning) on synthetic tensors")
     assert "torchdynamo start tracing" in proc.stderr[:warm_up_done]
