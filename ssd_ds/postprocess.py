@@ -65,7 +65,9 @@ def select_detections(
 
     One top-k, one threshold and one NMS over the batch: every (image, class) pair is an NMS group, kept apart by
     offsetting its boxes (in float64, so the offsets cost the IoUs no precision), then each image's first
-    max_detections by rank. No loop over images or classes and no host sync (the outputs have fixed shapes).
+    max_detections by rank. No loop over images or classes; the outputs have fixed shapes, but the threshold's mask
+    and the NMS keep data-dependent numbers of candidates, so on CUDA the host waits for the device there (a few
+    syncs a batch, none an image).
 
     `multiclass_nms(boxes [B,A,4], scores [B,C-1,A], iou, score_threshold) -> [N,3] (image, class, anchor)` replaces
     the threshold and the NMS when given: ONNX's NonMaxSuppression, which has no float64 (ssd_ds.export)."""
