@@ -23,7 +23,7 @@ from ssd_ds import checkpoint
 from ssd_ds.data.batch import Batch
 from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.device_input import DecodeCounts
-from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler, checked_batches
+from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler, checked_batches, loader_failure
 from ssd_ds.data.transforms import normalize_images
 from ssd_ds.distributed import flag_from_rank0, gather_to_rank0, parameter_checksums, verify_replicas
 from ssd_ds.ds_config import BatchPlan
@@ -156,7 +156,13 @@ def train(run: TrainingRun) -> RunState:
     status = "aborted"
     try:
         while not run.should_stop():
-            train_one_epoch(run)
+            try:
+                train_one_epoch(run)
+            except RuntimeError as exc:  # a loader worker that died while the step ran (loaders.loader_failure)
+                failure = loader_failure(exc, run.cfg.data, run.cfg.loader_timeout)
+                if failure is None:
+                    raise
+                raise failure from exc
         if not run.state.success:
             finish_evaluations(run)
         checksums = parameter_checksums(run.built.engine.module, run.device)

@@ -17,13 +17,14 @@ same pixels (`transforms.window_pixels`). What differs, by design:
 - a file whose header reads but whose data does not decode becomes a black image without boxes, counted, since
   the workers never decode it and cannot fall back to the next image as the CPU path does.
 
+EXIF orientation is not applied, as PIL's `Image.open(...).convert("RGB")` does not: COCO's boxes refer to the
+stored pixels.
+
 A batch leaves the workers as one uint8 tensor of all its files back to back, with offsets: one shared-memory block
 and so one file descriptor a batch (torch passes each tensor of a worker's batch through its own), where a tensor
 per file needed one per image and ran out of `ulimit -n 1024` at micro-batch 456. `BatchDecoder` counts which path
 decoded each image (batched nvJPEG, nvJPEG image by image, the host, failed) and warns once per cause of a fallback;
 the counts go to metrics.jsonl and TensorBoard with the training records.
-EXIF orientation is not applied, as PIL's `Image.open(...).convert("RGB")` does not: COCO's boxes refer to the
-stored pixels.
 """
 
 from __future__ import annotations

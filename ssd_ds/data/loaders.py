@@ -119,6 +119,21 @@ def build_train_loader(
     )
 
 
+def loader_failure(exc: RuntimeError, data: str, timeout: float) -> Exception | None:
+    """The one-line error for a DataLoader's worker failure (None for any other RuntimeError): a batch that did not
+    come within `timeout`, or a worker that died. torch raises the latter from `next()` or, through its SIGCHLD
+    handler, from wherever the main thread is, so the training loop converts it as well."""
+    if "DataLoader timed out" in str(exc):
+        return TimeoutError(
+            f"{data}: no training batch from the loader workers in {timeout:g} s (--loader_timeout): a worker is "
+            f"stuck reading a file, or cannot pass its batch (too few file descriptors? ulimit -n says how many; too "
+            f"little /dev/shm?); the workers' warnings above say which")
+    if "DataLoader worker" in str(exc):  # "... (pid(s) N) exited unexpectedly", "... is killed by signal: Killed."
+        return ChildProcessError(f"{data}: {exc} (out of memory? dmesg says; fewer --workers or a smaller micro-batch "
+                                 f"need less)")
+    return None
+
+
 def checked_batches(batches: Iterable, data: str, timeout: float) -> Iterator:
     """The batches of a training loader, its worker failures turned into one-line errors naming the data set.
 
@@ -132,15 +147,10 @@ def checked_batches(batches: Iterable, data: str, timeout: float) -> Iterator:
         except StopIteration:
             return
         except RuntimeError as exc:
-            if "DataLoader timed out" in str(exc):
-                raise TimeoutError(
-                    f"{data}: no training batch from the loader workers in {timeout:g} s (--loader_timeout): a "
-                    f"worker is stuck reading a file, or cannot pass its batch (too few file descriptors? ulimit -n "
-                    f"says how many; too little /dev/shm?); the workers' warnings above say which") from exc
-            if "DataLoader worker" in str(exc):  # "... (pid(s) N) exited unexpectedly", "... is killed by signal"
-                raise ChildProcessError(f"{data}: {exc} (out of memory? dmesg says; fewer --workers or a smaller "
-                                        f"micro-batch need less)") from exc
-            raise
+            failure = loader_failure(exc, data, timeout)
+            if failure is None:
+                raise
+            raise failure from exc
         yield batch
 
 

@@ -4,9 +4,11 @@ this machine allows far more, which is why nothing else here would see a descrip
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -104,3 +106,35 @@ def test_a_worker_stuck_on_a_file_ends_the_run_with_one_line_within_the_loader_t
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {root}: no training batch from the loader workers in 10 s (--loader_timeout)"), last
     assert "Traceback" not in proc.stderr
+
+
+def test_a_killed_worker_ends_the_run_with_one_line(tmp_path):
+    """A loader worker killed mid-run (as the kernel's OOM killer does) ends the run at once with one line, wherever
+    torch reports it: from the loader, or from its SIGCHLD handler in the middle of a step."""
+    root = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "ssd_ds.data.synthetic", str(root), "--train", "40", "--val", "8",
+                    "--min-size", "48", "--max-size", "64", "--workers", "1"],
+                   cwd=REPO, env=env(), check=True, capture_output=True, timeout=120)
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"train_batch_size": 4, "train_micro_batch_size_per_gpu": 4,
+                                  "gradient_accumulation_steps": 1}))
+    run_dir = tmp_path / "run"
+    args = train_args(root, run_dir, "--input", "device", "--workers", "2", "--deepspeed_config", str(config),
+                      "--epochs", "50", "--log_every", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "ssd_ds.train", *args], cwd=REPO, env=env(),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        metrics_file, deadline = run_dir / "metrics.jsonl", time.monotonic() + 180
+        while not (metrics_file.exists() and metrics_file.read_text().count('"loss"') >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never logged two iterations"
+            time.sleep(0.5)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert workers, "no loader worker found"
+        os.kill(int(workers[0]), signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {root}: DataLoader worker (pid"), last
+    assert f"pid(s) {workers[0]})" in last or f"pid {workers[0]})" in last, last
