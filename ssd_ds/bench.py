@@ -1,11 +1,17 @@
 """Benchmarks that compare against a baseline measured in the same run and print ratios.
 
-`python -m ssd_ds.bench train [--model mlperf|cpu_small] [--batch N[,N...]] [--steps N] [--compile]`: training-step
-throughput of the trainer's own step (`ssd_ds.engine.train_step` on an engine built by `ssd_ds.speedups.build_engine`,
-DeepSpeed included; synthetic uint8 images and boxes already on the device, no input pipeline) in several
-configurations, each against fp32 NCHW eager at the same batch in the same run: channels_last, bf16 autocast, both,
-and on CUDA (or with --compile) the Triton kernels and the trainer's default configuration with torch.compile. Beside
-images/s: model FLOPs per image (torch.utils.flop_counter) and, on known GPUs, the fraction of the bf16 peak.
+`python -m ssd_ds.bench train [trainer flags: --preset P --deepspeed_config FILE --data DIR ...] [--num_classes N]
+[--batch N[,N...]] [--steps N] [--rows all|trainer]`: training-step throughput of the trainer's configuration. The
+trainer's flags (`ssd_ds.run_config`) and its DeepSpeed JSON (`ssd_ds.ds_config.load`, world size 1) give the model,
+the class count (the --data set's), the micro-batch (--batch overrides it), the gradient accumulation, the precision
+and the speed-ups; the last row is the engine the trainer builds from them on this device
+(`ssd_ds.train.engine_options` into `ssd_ds.speedups.build_engine`, DeepSpeed included), timed over whole optimizer
+steps of `ssd_ds.engine.train_step` on a synthetic uint8 batch already on the device (no input pipeline), as images/s
+of the global batch. Every row has the same batch plan and optimizer and is compared with fp32 NCHW eager at the
+same micro-batch in the same run; between the two (--rows all): channels_last, bf16 autocast, both, and on CUDA the
+Triton loss/encode. Each row compiles from a fresh dynamo state, as a new trainer process would, and says how many
+graphs it compiled and whether any was dynamic: the trainer compiles one static micro-batch shape. Beside images/s:
+model FLOPs per image (torch.utils.flop_counter) and, on known GPUs, the fraction of the bf16 peak.
 
 `python -m ssd_ds.bench eval [--images N] [--detections D] [--batch B]`: COCOeval (bbox) of the same generated
 detections by faster-coco-eval (the trainer's default) and by pycocotools (the reference), timed, with the ratio and
@@ -24,8 +30,11 @@ micro-batches on the device; then the CPU cores each path needs per 1,000 images
 from __future__ import annotations
 
 import argparse
+import ast
+import gc
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -250,93 +259,174 @@ def train_flops_per_image(model_cfg) -> float:
     return float(counter.get_total_flops())
 
 
-def trainer_variants(device: torch.device, compile_too: bool) -> dict[str, dict]:
-    """name -> build_engine settings plus precision; the first is the baseline. The last is the trainer's default
-    configuration on this device (kernels, compile and encoding 'auto', bf16, channels_last)."""
+BASELINE = "fp32 NCHW eager (baseline)"
+TRAINER = "trainer's configuration"
+WARMUP_STEPS = 2  # optimizer steps before timing: compilation, allocator, oneDNN/cuDNN autotuning, momentum
+
+
+def trainer_variants(device: torch.device, trainer: dict, trainer_autocast: dict | None,
+                     every: bool = True) -> dict[str, tuple]:
+    """name -> (build_engine settings, torch_autocast block or None); the first is the baseline, the last the trainer's
+    configuration (`trainer`: `ssd_ds.train.engine_options`, its autocast the DeepSpeed JSON's), and between them,
+    when `every`, precision, layout and kernels one at a time. All share the trainer's optimizer and batch plan."""
     bf16 = {"enabled": True, "dtype": "bfloat16"}
-    eager = dict(kernels="torch", compile="off", encode_on_device="off")
-    variants = {"fp32 NCHW eager (baseline)": dict(eager, channels_last=False, autocast=None)}
-    if device.type != "cuda":  # on a GPU these cost minutes of a short lease and say little beside the rest
-        variants["fp32 channels_last"] = dict(eager, channels_last=True, autocast=None)
-        variants["bf16 autocast"] = dict(eager, channels_last=False, autocast=bf16)
-    variants["bf16 autocast + channels_last"] = dict(eager, channels_last=True, autocast=bf16)
-    if device.type == "cuda":
-        variants["bf16 + channels_last + Triton loss/encode"] = dict(kernels="triton", compile="off",
-                                                                     encode_on_device="on", channels_last=True,
-                                                                     autocast=bf16)
-    if compile_too or device.type == "cuda":
-        variants["trainer default (auto: compile, kernels, encode)"] = dict(kernels="auto", compile="on",
-                                                                            encode_on_device="auto",
-                                                                            channels_last=True, autocast=bf16)
+    optimizer = {"optimizer_fn": trainer["optimizer_fn"]}
+    eager = dict(optimizer, kernels="torch", compile="off", encode_on_device="off")
+    variants = {BASELINE: (dict(eager, channels_last=False), None)}
+    if every and device.type != "cuda":  # on a GPU these cost minutes of a short lease and say little beside the rest
+        variants["fp32 channels_last"] = (dict(eager, channels_last=True), None)
+        variants["bf16 autocast"] = (dict(eager, channels_last=False), bf16)
+    if every:
+        variants["bf16 autocast + channels_last"] = (dict(eager, channels_last=True), bf16)
+    if every and device.type == "cuda":
+        variants["bf16 + channels_last + Triton loss/encode"] = (
+            dict(optimizer, kernels="triton", compile="off", encode_on_device="on", channels_last=True), bf16)
+    variants[TRAINER] = (trainer, trainer_autocast)
     return variants
 
 
-def step_throughput(model_cfg, device: torch.device, batch: int, steps: int, settings: dict) -> float:
-    """Images/s of the trainer's own step (`ssd_ds.engine.train_step` on an engine from `speedups.build_engine`) on a
-    synthetic batch already on the device, median of `steps` timed steps after 3 warm-up steps."""
-    from ssd_ds.data.batch import Batch
+@dataclass
+class CompiledGraphs:
+    """What torch.compile made for one engine, counted from a fresh dynamo state (`fresh_compile_state`)."""
+
+    graphs: int  # graphs dynamo compiled (torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    dynamic: int  # of them, graphs with a symbolic size (a dimension traced as dynamic)
+
+    def __str__(self) -> str:
+        if not self.graphs:
+            return "no graph compiled"
+        kind = f"{self.dynamic} DYNAMIC" if self.dynamic else "static"
+        return f"{self.graphs} graph{'s' if self.graphs > 1 else ''} compiled, {kind}"
+
+
+def fresh_compile_state() -> None:
+    """Forget every graph compiled so far, as a new trainer process would start: without it the next engine's step
+    (the same code) recompiles at a second batch size with that dimension dynamic, a graph the trainer, which
+    compiles one static micro-batch shape, never runs."""
+    from torch._dynamo.utils import clear_compilation_metrics, counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    clear_compilation_metrics()
+
+
+def compiled_graphs() -> CompiledGraphs:
+    """The graphs compiled since `fresh_compile_state`; a graph is dynamic when a node's traced size is symbolic
+    (dynamo's compilation metrics record each node's sizes, symbols as strings)."""
+    from torch._dynamo.utils import counters, get_compilation_metrics
+
+    shapes = [ast.literal_eval(m.graph_node_shapes) for m in get_compilation_metrics() if m.graph_node_shapes]
+    dynamic = sum(any(not isinstance(size, int) for sizes in graph.values() for size in sizes) for graph in shapes)
+    return CompiledGraphs(counters["stats"]["unique_graphs"], dynamic)
+
+
+def step_throughput(model_cfg, device: torch.device, ds_settings: dict, steps: int,
+                    options: dict) -> tuple[float, CompiledGraphs]:
+    """Images/s of global batch over whole optimizer steps (the DeepSpeed JSON's accumulation micro-batches, each
+    `ssd_ds.engine.train_step` on an engine from `speedups.build_engine(**options)`, the last one stepping), median
+    of `steps` timed optimizer steps after WARMUP_STEPS; the batch synthetic and already on the device, its boxes
+    padded as the loader pads them. Compiled from a fresh dynamo state: the graphs are returned."""
+    from ssd_ds.data.batch import Batch, box_slots
     from ssd_ds.engine import train_step
     from ssd_ds.model import build_model
     from ssd_ds.speedups import build_engine, synthetic_batch
 
+    gc.collect()  # the previous row's engine, before this one allocates
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    fresh_compile_state()
     torch.manual_seed(0)
-    ds_config = {"train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1, "train_batch_size": batch,
-                 "gradient_clipping": 0.0}
-    if settings["autocast"]:
-        ds_config["torch_autocast"] = settings["autocast"]
-    built = build_engine(build_model(model_cfg).to(device), model_cfg, device, ds_config,
-                         kernels=settings["kernels"], compile=settings["compile"],
-                         encode_on_device=settings["encode_on_device"], channels_last=settings["channels_last"])
-    images, boxes, labels = (t.to(device) for t in synthetic_batch(batch, model_cfg.input_size, 128))
+    micro, accumulation = ds_settings["train_micro_batch_size_per_gpu"], ds_settings["gradient_accumulation_steps"]
+    built = build_engine(build_model(model_cfg).to(device), model_cfg, device, ds_settings, **options)
+    # 8 boxes an image (synthetic_batch), padded to the slots the loader would ship them in
+    images, boxes, labels = (t.to(device) for t in synthetic_batch(micro, model_cfg.input_size, box_slots(8)))
     num_boxes = (labels > 0).sum(dim=1)
     encoded = (None, None)
     if built.ops.encode is None:  # the loader workers would have encoded these: do it once, outside the timing
         encoded = built.ops.coder.encode_batch(boxes, labels, num_boxes)
     on_device = Batch(images, boxes, labels, num_boxes, *encoded, skipped=0)
     times = []
-    for i in range(steps + 3):  # 3 warm-up steps (compilation, allocator, oneDNN/cuDNN autotuning)
+    for i in range(steps + WARMUP_STEPS):
         _sync(device)
         start = time.perf_counter()
-        train_step(built.engine, on_device, built.memory_format, built.ops.encode)
+        for _ in range(accumulation):
+            train_step(built.engine, on_device, built.memory_format, built.ops.encode)
         _sync(device)
-        if i >= 3:
+        if i >= WARMUP_STEPS:
             times.append(time.perf_counter() - start)
-    return batch / sorted(times)[len(times) // 2]
+    return micro * accumulation / sorted(times)[len(times) // 2], compiled_graphs()
 
 
-def bench_train(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Every variant at every batch against the fp32 NCHW eager baseline at the same batch, in one process."""
-    import deepspeed
-
+def bench_train(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
+    """Every variant at every micro-batch against the fp32 NCHW eager baseline at the same batch plan, in one process;
+    the last variant is the engine the trainer builds from `args.trainer_argv` (its preset, flags, DeepSpeed JSON)."""
+    from ssd_ds import ds_config
     from ssd_ds.distributed import setup_process_env
+    from ssd_ds.run_config import config_from_args
+    from ssd_ds.schedule import base_lr
+    from ssd_ds.speedups import should_compile
+    from ssd_ds.train import engine_options
 
+    cfg = config_from_args(args.trainer_argv)
+    engine_cfg = ds_config.load(cfg.deepspeed_config, world_size=1)  # as the trainer reads it; one process here
+    if args.num_classes is not None:
+        num_classes, classes_from = args.num_classes, "--num_classes"
+    else:
+        try:
+            num_classes, classes_from = CocoDetection(cfg.data, "train").num_classes, cfg.data
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{exc}: the trainer takes the class count from its data set; pass --data DIR "
+                                    f"or --num_classes N") from None
     setup_process_env()  # one process: rendezvous variables; DeepSpeed's CPU accelerator where there is no GPU
+    import deepspeed  # after setup_process_env: DS_ACCELERATOR is read at import
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    model_cfg = build_model_config(args.model, num_classes=args.num_classes)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model_cfg = build_model_config(cfg.model, num_classes=num_classes)
     flops = train_flops_per_image(model_cfg)
     peak = args.peak_tflops or bf16_peak_tflops(device)
+    plan = engine_cfg.plan
+    micro_batches = args.batch or [plan.micro_batch]
+    trainer = engine_options(cfg, device, base_lr(cfg.lr_per_32, plan.global_batch))  # resolved for the header
+    trainer_autocast = engine_cfg.settings.get("torch_autocast") if engine_cfg.autocast_dtype else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"training step (ssd_ds.engine.train_step on speedups.build_engine), {args.model} "
-          f"({model_cfg.input_size}x{model_cfg.input_size}, {model_cfg.num_classes} classes), median of {args.steps} "
-          f"steps, {name}; model forward+backward {flops / 1e9:.2f} GFLOP/image"
+    print(f"training step (ssd_ds.engine.train_step on speedups.build_engine), {cfg.model} "
+          f"({model_cfg.input_size}x{model_cfg.input_size}, {model_cfg.num_classes} classes from {classes_from}), "
+          f"median of {args.steps} optimizer steps, {name}; model forward+backward {flops / 1e9:.2f} GFLOP/image"
           + (f", bf16 peak {peak:.0f} TFLOP/s" if peak else ""))
-    results: dict[str, dict[str, float]] = {}
-    for batch in args.batch:
-        results[str(batch)] = {}
-        for label, settings in trainer_variants(device, args.compile).items():
-            rate = step_throughput(model_cfg, device, batch, args.steps, settings)
-            results[str(batch)][label] = rate
-            base = results[str(batch)]["fp32 NCHW eager (baseline)"]
+    precision = str(engine_cfg.autocast_dtype).replace("torch.", "") + " autocast" if engine_cfg.autocast_dtype \
+        else "fp32"
+    encode = "the device" if trainer["encode_on_device"] == "on" else "the loader workers"
+    print(f"  {TRAINER}: preset {cfg.preset}, {cfg.deepspeed_config} (micro-batch {plan.micro_batch} x accumulation "
+          f"{plan.accumulation}, {precision}); kernels {resolve_backend(trainer['kernels'], device)}, "
+          f"compiled {should_compile(trainer['compile'], device)}, boxes encoded on {encode}, "
+          f"channels_last {trainer['channels_last']}")
+    print("  rows: micro-batch x accumulation; img/s of global batch; every row from a fresh dynamo state")
+    results: dict[str, dict[str, dict]] = {}
+    for micro in micro_batches:
+        row_key = f"{micro}x{plan.accumulation}"
+        results[row_key] = {}
+        trainer = engine_options(cfg, device, base_lr(cfg.lr_per_32, micro * plan.accumulation))
+        fp32 = {k: v for k, v in engine_cfg.settings.items() if k != "torch_autocast"}
+        fp32.update(train_micro_batch_size_per_gpu=micro, train_batch_size=micro * plan.accumulation,
+                    gradient_accumulation_steps=plan.accumulation)
+        variants = trainer_variants(device, trainer, trainer_autocast, every=args.rows == "all")
+        for label, (options, autocast) in variants.items():
+            settings = dict(fp32, torch_autocast=autocast) if autocast else fp32
+            rate, graphs = step_throughput(model_cfg, device, settings, args.steps, options)
+            results[row_key][label] = {"images_per_s": rate, "graphs": graphs.graphs, "dynamic": graphs.dynamic}
+            base = results[row_key][BASELINE]["images_per_s"]
             util = f"  {rate * flops / (peak * 1e12):6.1%} of bf16 peak" if peak else ""
-            print(f"  batch {batch:4d}  {label:50s} {rate:9.1f} img/s   x{rate / base:.2f}  "
-                  f"{rate * flops / 1e12:7.2f} TFLOP/s{util}", flush=True)
+            print(f"  batch {row_key:>6s}  {label:44s} {rate:9.1f} img/s   x{rate / base:.2f}  "
+                  f"{rate * flops / 1e12:7.2f} TFLOP/s{util}  {graphs}", flush=True)
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     data = sub.add_parser("data", help="input pipeline throughput against torchvision's SSD preset")
@@ -350,17 +440,29 @@ def main(argv: list[str] | None = None) -> None:
     evaluation.add_argument("--detections", type=int, default=100, help="detections an image")
     evaluation.add_argument("--batch", type=int, default=32, help="images per post-processing batch")
     evaluation.add_argument("--batches", type=int, default=3, help="post-processing batches timed")
-    train = sub.add_parser("train", help="training-step throughput against fp32 NCHW eager")
-    train.add_argument("--model", default="cpu_small", help="model preset")
-    train.add_argument("--num_classes", type=int, default=81)
-    train.add_argument("--batch", type=lambda s: [int(b) for b in s.split(",")], default=[32],
-                       help="micro-batch sizes, comma-separated (each variant at each)")
-    train.add_argument("--steps", type=int, default=10)
-    train.add_argument("--compile", action="store_true", help="also time torch.compile on CPU (always on CUDA)")
+    train = sub.add_parser(
+        "train", allow_abbrev=False,
+        help="training-step throughput of the trainer's configuration against fp32 NCHW eager",
+        epilog="Every other flag is the trainer's (python -m ssd_ds.train --help: --preset, --config, --model, "
+               "--deepspeed_config, --data, --compile, --kernels, --input, --channels_last, ...): the last row is "
+               "the engine the trainer builds from them on this device, its micro-batch, accumulation and precision "
+               "the DeepSpeed JSON's (world size 1).")
+    train.add_argument("--num_classes", type=int, default=None,
+                       help="classes with background (default: the trainer's: those of the --data set)")
+    train.add_argument("--batch", type=lambda s: [int(b) for b in s.split(",")], default=None,
+                       help="micro-batch sizes, comma-separated (each variant at each; default: the DeepSpeed JSON's)")
+    train.add_argument("--steps", type=int, default=10, help="optimizer steps timed per row")
+    train.add_argument("--rows", choices=("all", "trainer"), default="all",
+                       help="all: precision, layout and kernels one at a time between the baseline and the trainer's "
+                            "configuration; trainer: those two only")
     train.add_argument("--peak_tflops", type=float, default=None,
                        help="bf16 peak of the device for the utilisation column (default: known GPUs' datasheet)")
-    args = parser.parse_args(argv)
-    {"data": bench_data, "eval": bench_eval, "train": bench_train}[args.what](args)
+    args, rest = parser.parse_known_args(argv)
+    if args.what == "train":
+        args.trainer_argv = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return {"data": bench_data, "eval": bench_eval, "train": bench_train}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, RESUMED_FROM, open_run_log
 from ssd_ds.model import build_model
 from ssd_ds.model_config import build_model_config
-from ssd_ds.run_config import config_from_args
+from ssd_ds.run_config import RunConfig, config_from_args
 from ssd_ds.run_dir import open_run_dir
 from ssd_ds.schedule import base_lr, lr_factor
 from ssd_ds.speedups import (build_engine, build_optimizer, load_compile_cache, save_compile_cache,
@@ -48,6 +48,22 @@ def check_box_counts(dataset: CocoDetection, max_boxes: int) -> None:
         n = len(most.labels)
         raise ValueError(f"{dataset.ann_file}: image {most.image_id} has {n} boxes, more than --max_boxes {max_boxes} "
                          f"(boxes per image encoded on the device); pass --max_boxes {n} or more (at most 256)")
+
+
+def input_on_device(cfg: RunConfig, device: torch.device) -> tuple[bool, bool]:
+    """Where a run of `cfg` on `device` prepares its batches: (images decoded and augmented on the device, boxes
+    encoded on the device). Decoding on the device leaves the boxes to the device too."""
+    decode = should_decode_on_device(cfg.input, device)
+    return decode, decode or should_encode_on_device(cfg.encode_on_device, device)
+
+
+def engine_options(cfg: RunConfig, device: torch.device, lr: float) -> dict:
+    """The settings a run of `cfg` passes to `build_engine` on `device`, the LR schedule aside; `python -m ssd_ds.bench
+    train` times the engine they build as the trainer's configuration."""
+    _, encode_on_device = input_on_device(cfg, device)
+    return dict(kernels=cfg.kernels, compile=cfg.compile, encode_on_device="on" if encode_on_device else "off",
+                channels_last=cfg.channels_last,
+                optimizer_fn=lambda m: build_optimizer(m, lr, cfg.momentum, cfg.weight_decay, device))
 
 
 def main(argv: list[str] | None = None) -> RunState:
@@ -72,8 +88,7 @@ def main(argv: list[str] | None = None) -> RunState:
     if cfg.synthetic and rank == 0:
         ensure_synthetic(cfg.data)
     barrier()
-    decode_on_device = should_decode_on_device(cfg.input, device)
-    encode_on_device = decode_on_device or should_encode_on_device(cfg.encode_on_device, device)
+    decode_on_device, encode_on_device = input_on_device(cfg, device)
     train_set = CocoDetection(cfg.data, "train", decode=not decode_on_device)
     val_set = CocoDetection(cfg.data, "val", skip_to_next=False)
     if encode_on_device:
@@ -108,9 +123,7 @@ def main(argv: list[str] | None = None) -> RunState:
     model = build_model(model_cfg, cfg.backbone_weights).to(device)
     lr = base_lr(cfg.lr_per_32, plan.global_batch)
     built = build_engine(
-        model, model_cfg, device, engine_cfg.settings, kernels=cfg.kernels, compile=cfg.compile,
-        encode_on_device="on" if encode_on_device else "off", channels_last=cfg.channels_last,
-        optimizer_fn=lambda m: build_optimizer(m, lr, cfg.momentum, cfg.weight_decay, device),
+        model, model_cfg, device, engine_cfg.settings, **engine_options(cfg, device, lr),
         scheduler_fn=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(
             it, iters_per_epoch, cfg.warmup_iters, cfg.warmup_factor, cfg.decay_epochs, cfg.decay_factor)))
     log.info("kernels: %s; images decoded and augmented on %s; boxes encoded on %s; compiled: %s; device %s; world "
