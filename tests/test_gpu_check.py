@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.helpers import REPO
 
 STEPS = ("data", "train", "phases", "race", "loader", "tests")
-GPU_BUDGET_S = 450  # the device tool's one call, start-up and transfers aside
+GPU_BUDGET_S = 450  # seconds of run time a GPU check may take, the machine's start-up aside
 
 
 def test_gpu_check_dry_run_runs_every_step_of_the_plan_and_packs_at_most_eight_files(tmp_path):
@@ -25,7 +25,7 @@ def test_gpu_check_dry_run_runs_every_step_of_the_plan_and_packs_at_most_eight_f
     limits = dict(entry.split(":") for entry in plan[1].split())
     assert tuple(limits) == STEPS and sum(map(int, limits.values())) == int(plan[2]) <= GPU_BUDGET_S
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["gpu_check.tar.gz", "steps.tsv", "summary.md"]  # the device tool returns at most 8
+    assert files == ["gpu_check.tar.gz", "steps.tsv", "summary.md"]  # a GPU run brings back at most 8 files
     steps = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()]
     assert [(s[0], s[1]) for s in steps] == [(name, "ok") for name in STEPS], steps
     summary = (out / "summary.md").read_text()
