@@ -157,7 +157,7 @@ train() {
     --backbone_weights none --data "$WORK/synthetic" --synthetic false --run_dir "$WORK/train" \
     --deepspeed_config "$DS_CONFIG" --epochs 3 --eval_epochs 2 --target_map 1.0 --division open \
     --compile "$COMPILE" --kernels triton --input device --encode_on_device on --workers "$WORKERS" \
-    --eval_batch "$EVAL_BATCH" --log_every 1 --warmup_iters 10 --progress false --loader_timeout 60 \
+    --eval_batch "$EVAL_BATCH" --log_every 1 --progress false --loader_timeout 60 \
     --compile_cache "$WORK/compile_cache.bin" --submission_platform gpu_check || return
   "$PY" scripts/gpu_summary.py --smoke "$WORK/train" "$WORK/train.log"
 }
