@@ -1,6 +1,7 @@
 """scripts/gpu_check.sh --dry-run: the prepared GPU run's every step on CPU (Triton's interpreter, gloo, tiny sizes),
 so that its plumbing (launch, logs, parsing, packing, the summary) never meets a GPU untested."""
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -44,3 +45,23 @@ def test_gpu_check_dry_run_runs_every_step_of_the_plan_and_packs_at_most_eight_f
         names = {Path(n).as_posix().lstrip("./") for n in tar.getnames()}
     assert {"env.txt", "train/mlperf.log", "train/metrics.jsonl", "train.log", "tests.xml", "phases.log"} <= names
     assert not any(n.startswith(("synthetic/", "train/checkpoints/")) for n in names)
+
+
+def test_summary_shows_each_step_with_its_results_and_why_one_failed(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_summary", REPO / "scripts" / "gpu_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    (tmp_path / "env.txt").write_text("NVIDIA H200 (CUDA 13.0) | torch 2.11.0\n")
+    (tmp_path / "steps.tsv").write_text("tests\tok\t50\ttests.log\nphases\tok\t60\tphases.log\n"
+                                        "race\tfailed(rc=1)\t9\trace.log\nloader\tskipped(budget)\t0\t-\n")
+    (tmp_path / "tests.xml").write_text('<testsuites><testsuite tests="10" failures="1" errors="0" skipped="2"/>'
+                                        "</testsuites>")
+    (tmp_path / "phases.result").write_text("probe phases: device ms: step 200.0\nprobe decode: 456 images\n")
+    (tmp_path / "race.log").write_text("...\nprobe race: with the drain 3 differ bitwise\n")
+    summary.main(tmp_path)
+    table = (tmp_path / "summary.md").read_text()
+    assert table.startswith("GPU check: NVIDIA H200 (CUDA 13.0) | torch 2.11.0")
+    assert "| tests | ok | 50 | 7 passed, 1 failed, 0 errors, 2 skipped |" in table
+    assert "| phases | ok | 60 | device ms: step 200.0 |\n| | | | 456 images |" in table
+    assert "| race | failed(rc=1) | 9 | race.log: probe race: with the drain 3 differ bitwise |" in table
+    assert "| loader | skipped(budget) | 0 |" in table
