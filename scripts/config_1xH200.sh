@@ -1,4 +1,4 @@
-# one H200 or H100, 456 x 2 accumulation = 912 (SPEC section 7). Source it, then launch: see README.md "Launching".
+# one H200 or H100, 456 x 2 accumulation = 912 (SPEC section 7). Source it, then launch: see docs/launching.md.
 export DGXSYSTEM=1xH200
 export DGXNNODES=1
 export DGXNGPU=1

@@ -1,4 +1,4 @@
-# one 8-GPU node (H100/H200/A100), 8 x 114 = 912 (SPEC section 7). Source it, then launch: see README.md "Launching".
+# one 8-GPU node (H100/H200/A100), 8 x 114 = 912 (SPEC section 7). Source it, then launch: see docs/launching.md.
 export DGXSYSTEM=8xGPU
 export DGXNNODES=1
 export DGXNGPU=8

@@ -1,4 +1,4 @@
-# DGX-1 (8x V100), 8 x 120 = 960 (SPEC section 7). Source it, then launch: see README.md "Launching".
+# DGX-1 (8x V100), 8 x 120 = 960 (SPEC section 7). Source it, then launch: see docs/launching.md.
 export DGXSYSTEM=DGX1
 export DGXNNODES=1
 export DGXNGPU=8

@@ -1,4 +1,4 @@
-# DGX-2H (16x V100), 16 x 56 = 896 (SPEC section 7). Source it, then launch: see README.md "Launching".
+# DGX-2H (16x V100), 16 x 56 = 896 (SPEC section 7). Source it, then launch: see docs/launching.md.
 export DGXSYSTEM=DGX2
 export DGXNNODES=1
 export DGXNGPU=16

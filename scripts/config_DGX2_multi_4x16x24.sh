@@ -1,4 +1,4 @@
-# 4x DGX-2H, 64 x 24 = 1536 (SPEC section 7). Source it, then launch: see README.md "Launching".
+# 4x DGX-2H, 64 x 24 = 1536 (SPEC section 7). Source it, then launch: see docs/launching.md.
 export DGXSYSTEM=DGX2_multi_4x16x24
 export DGXNNODES=4
 export DGXNGPU=16

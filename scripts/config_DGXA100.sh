@@ -1,4 +1,4 @@
-# DGX A100 (8x A100), 8 x 114 = 912 (SPEC section 7). Source it, then launch: see README.md "Launching".
+# DGX A100 (8x A100), 8 x 114 = 912 (SPEC section 7). Source it, then launch: see docs/launching.md.
 export DGXSYSTEM=DGXA100
 export DGXNNODES=1
 export DGXNGPU=8

@@ -1,4 +1,4 @@
-# 2x DGX A100, 16 x 56 = 896 (SPEC section 7). Source it, then launch: see README.md "Launching".
+# 2x DGX A100, 16 x 56 = 896 (SPEC section 7). Source it, then launch: see docs/launching.md.
 export DGXSYSTEM=DGXA100_multi_2x8x56
 export DGXNNODES=2
 export DGXNGPU=8

@@ -44,7 +44,7 @@ PY="${PYTHON:-python3}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"  # logs gather here and are packed into $RESULTS at the end
 mkdir -p "$RESULTS"
 : > "$WORK/steps.tsv"
-CACHE_MAX_BYTES=$((16 * 1024 * 1024))  # the largest file a GPU run of ours brings back
+CACHE_MAX_BYTES=$((16 * 1024 * 1024))  # a larger cache stays out of $RESULTS, to keep the results small
 
 total=0
 for entry in "${PLAN[@]}"; do total=$((total + ${entry#*:})); done

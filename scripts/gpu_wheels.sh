@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Fill .whl/ with the wheels that the lent GPU machine (NVIDIA H200, no network) lacks, for scripts/gpu_check.sh.
+# Fill .whl/ with the wheels that the GPU image we test against lacks, for scripts/gpu_check.sh on a GPU machine
+# without network access.
 #
-# Why: that machine's image (Python 3.12, torch 2.11, triton 3.6, numpy 2.x, tensorboard, ... see IMAGE_PACKAGES)
-# has no deepspeed, pycocotools or mlperf-logging, and it can reach no package registry. So the packages the
-# trainer, its tests and the benchmarks import that the image lacks travel with the working tree as wheels in .whl/
-# (git-ignored; the whole tree that travels is capped at 64 MiB), and there they are installed with
+# Why: that image (Python 3.12, torch 2.11, triton 3.6, numpy 2.x, tensorboard, ... see IMAGE_PACKAGES) has no
+# deepspeed, pycocotools or mlperf-logging, and the machine can reach no package registry. So the packages the
+# trainer, its tests and the benchmarks import that the image lacks go to the GPU machine with the working tree, as
+# wheels in .whl/ (git-ignored; kept under 64 MiB in all so that the copy stays small), and there they are
+# installed with
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site
 # (deepspeed's CLI then lies in /tmp/site/bin.)
 #
-# How: run here, on a machine that reaches PyPI, from anywhere:  scripts/gpu_wheels.sh
+# How: on a machine that reaches PyPI, from any directory:  scripts/gpu_wheels.sh
 # It clears .whl/, downloads the cp312 manylinux x86_64 (or pure-Python) wheels of CARRIED_WHEELS, builds deepspeed's
 # wheel from its sdist with the project's .venv (DS_BUILD_OPS=0: pure Python, ops JIT-built on the GPU machine), then
 # checks the set: one wheel of each listed package at its pinned version and no other, every wheel installable on
@@ -36,8 +38,8 @@ CARRIED_WHEELS=(
 )
 # <<< carried-wheels
 
-# Distributions the H200 image holds (/work/.library/device/KINDS.md, "Python packages already there", read
-# 2026-11-17; versions there are not known here beyond torch 2.11.0, torchvision 0.26.0, triton 3.6.0, numpy 2.5.2).
+# Distributions the H200 image holds (its package list as of 2026-11-17; versions are not known beyond torch 2.11.0,
+# torchvision 0.26.0, triton 3.6.0, numpy 2.5.2).
 # >>> image-packages
 IMAGE_PACKAGES=(
   absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
@@ -66,12 +68,13 @@ PY="${PYTHON:-python3}"
 DS_PY="${DS_BUILD_PYTHON:-.venv/bin/python}"
 WHL=.whl
 LIMIT_MIB=64
-# The image's python3 is 3.12.3 at /opt/torch/.venv (Ubuntu 24.04's, so glibc 2.39): any manylinux_2_N, N <= 39, runs.
+# The image's python3 is 3.12.3 in a virtual environment on Ubuntu 24.04 (glibc 2.39): any manylinux_2_N, N <= 39,
+# runs.
 PLATFORMS=(manylinux_2_35_x86_64 manylinux_2_34_x86_64 manylinux_2_31_x86_64 manylinux_2_28_x86_64
   manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64)
 PLATFORM_ARGS=()
 for p in "${PLATFORMS[@]}"; do PLATFORM_ARGS+=(--platform "$p"); done
-# pip's answers without this machine's noise (its config names local indexes that are absent).
+# pip's answers without the warnings of a pip config that names local indexes which are absent.
 quiet_pip() { "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2); }
 
 t0=$SECONDS

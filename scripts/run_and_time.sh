@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the benchmark and prints the time to train from the MLPerf log (like the seed's run_and_time.sh).
+# Runs the benchmark and prints the time to train from the MLPerf log (like NVIDIA's v0.7 submission's run_and_time.sh).
 #
 #   source scripts/config_DGXA100.sh && DATADIR=/data/coco LOGDIR=/results scripts/run_and_time.sh [trainer flags]
 #

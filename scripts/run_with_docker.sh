@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Single-node launch in Docker (the seed's alternative to Slurm):
+# Single-node launch in Docker (NVIDIA's v0.7 submission's alternative to Slurm):
 #
 #   docker build -t ssd_ds .
 #   source scripts/config_DGXA100.sh

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The kernel tests and compile_check under the triton of the lent GPU machine's image (3.6), not only the one that
+# The kernel tests and compile_check under the triton of the GPU image we test against (3.6), not only the one that
 # constraints.txt pins (3.8), on a machine without a GPU; cheap enough for CI.
 #
 #   scripts/triton_compat.sh        from anywhere; needs the project's .venv (make venv) and, the first time, PyPI
 #
-# Why: the GPU machine runs torch 2.11 + triton 3.6. Triton's interpreter (the CPU kernel tests) and its compiler
+# Why: the GPU image runs torch 2.11 + triton 3.6. Triton's interpreter (the CPU kernel tests) and its compiler
 # (compile_check: registers and spills) differ between the two, and a kernel that passes on 3.8 has failed on 3.6.
 # How: only triton==3.6.0 goes into a side directory, $SIDE (git-ignored, ~640 MB, installed once and reused while
 # its version is right), and comes first on PYTHONPATH, so that the .venv's torch drives it. torch's own use of

@@ -273,7 +273,7 @@ def trainer_variants(device: torch.device, trainer: dict, trainer_autocast: dict
     optimizer = {"optimizer_fn": trainer["optimizer_fn"]}
     eager = dict(optimizer, kernels="torch", compile="off", encode_on_device="off")
     variants = {BASELINE: (dict(eager, channels_last=False), None)}
-    if every and device.type != "cuda":  # on a GPU these cost minutes of a short lease and say little beside the rest
+    if every and device.type != "cuda":  # on a GPU these cost minutes of GPU time and say little beside the rest
         variants["fp32 channels_last"] = (dict(eager, channels_last=True), None)
         variants["bf16 autocast"] = (dict(eager, channels_last=False), bf16)
     if every:

@@ -23,7 +23,7 @@ BATCHES = (32, 64, 128, 256)  # per-GPU batches around the real ones (NVIDIA's v
 A_SSD300 = 8732  # default boxes (SPEC section 2)
 C_COCO = 81  # 80 classes + background
 COPY = "copy"  # the bandwidth baseline's provider name
-# KERNEL_BENCH_DRY_RUN=1 (scripts/gpu_check.sh --dry-run, with TRITON_INTERPRET=1): the whole script on CPU, each
+# KERNEL_BENCH_DRY_RUN=1 (with TRITON_INTERPRET=1, by hand): the whole script on CPU, each
 # provider called once instead of timed, so that the GPU run is never the first to execute it.
 DRY_RUN = os.environ.get("KERNEL_BENCH_DRY_RUN") == "1"
 DEVICE = "cpu" if DRY_RUN else "cuda"  # where the inputs live; tests set "cpu" to run a script in the interpreter
