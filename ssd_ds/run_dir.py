@@ -6,6 +6,7 @@ segment), `metrics.jsonl`, `tensorboard/`, `eval/` (detections and COCOeval resu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -67,14 +68,15 @@ def choose_run_dir(cfg: RunConfig) -> tuple[str, str | None]:
 
 def open_run_dir(cfg: RunConfig, rank: int) -> tuple[Path, tuple[Path, str] | None]:
     """(the run directory, the checkpoint to resume from or None), the same on every rank. Rank 0 decides, so that
-    every rank writes to the same place and fails with the same message, and saves the resolved config there."""
-    run_dir, error = broadcast_from_rank0(choose_run_dir(cfg) if rank == 0 else None)
+    every rank writes to the same place and fails with the same message, and saves the resolved config there, its
+    run_dir the chosen directory. `cfg` is left as given: a caller that keeps the config uses the returned path."""
+    chosen, error = broadcast_from_rank0(choose_run_dir(cfg) if rank == 0 else None)
     if error:
         raise ValueError(error)
-    cfg.run_dir = run_dir
-    resume_from = checkpoint.find_resume(cfg.resume, Path(run_dir) / "checkpoints")
+    run_dir = Path(chosen)
+    resume_from = checkpoint.find_resume(cfg.resume, run_dir / "checkpoints")
     if rank == 0:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        cfg.save(Path(run_dir) / "config.json")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dataclasses.replace(cfg, run_dir=chosen).save(run_dir / "config.json")
     barrier()
-    return Path(run_dir), resume_from
+    return run_dir, resume_from

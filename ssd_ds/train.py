@@ -8,6 +8,7 @@ logs -> data -> model -> speed-ups (ssd_ds.speedups.build_engine) -> resume -> w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> RunState:
 
     # Run directory and logs. An evaluation-only run is no MLPerf run: it writes no MLPerf log.
     run_dir, resume_from = open_run_dir(cfg, rank)
+    cfg = dataclasses.replace(cfg, run_dir=str(run_dir))  # checkpoints record the directory config.json does
     mlperf = open_run_log(run_dir, None if resume_from is None else resume_from[0] / resume_from[1],
                           enabled=rank == 0 and not cfg.eval_only, division=cfg.division,
                           platform=cfg.submission_platform)

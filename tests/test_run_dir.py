@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 from ssd_ds.mlperf_log import log_records
+from ssd_ds.run_config import demo, from_file
+from ssd_ds.run_dir import open_run_dir
 from tests.helpers import REPO, env, train_args
 from tests.test_train import checker, losses, run_train
 
@@ -93,3 +95,14 @@ def test_more_boxes_than_max_boxes_fails_at_start_naming_the_image(synthetic_dat
     assert proc.returncode != 0
     assert "instances_train2017.json: image " in proc.stderr and "more than --max_boxes 2" in proc.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # before training, not mid-epoch
+
+
+def test_open_run_dir_returns_the_chosen_directory_and_leaves_the_config_as_given(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "tag").mkdir(parents=True)  # a previous run's traces
+    cfg = demo()
+    cfg.run_dir = str(run_dir)  # demo: new_run_dir on
+    chosen, resume_from = open_run_dir(cfg, rank=0)
+    assert chosen == tmp_path / "run-2" and resume_from is None
+    assert cfg.run_dir == str(run_dir)
+    assert from_file(str(chosen / "config.json")).run_dir == str(chosen)  # the saved config names where it ran
