@@ -1,7 +1,7 @@
-# DGX A100 (8x A100), 8 x 114 = 912 (SPEC section 7). Source it, then launch: see docs/launching.md.
+# DGX A100 (8x A100): what Slurm and the launch scripts need. The run's own settings, its DeepSpeed JSON
+# included, are in $SYSTEM_CONFIG, a --config file. Source this, then launch: see docs/launching.md.
 export DGXSYSTEM=DGXA100
 export DGXNNODES=1
 export DGXNGPU=8
 export WALLTIME=00:30:00
-export DS_CONFIG=ds_configs/dgxa100_8x114_bf16.json
-export EXTRA_PARAMS="--lr_per_32 3.2e-3 --weight_decay 1.3e-4 --warmup_iters 650 --decay_epochs 44,55 --epochs 60"
+export SYSTEM_CONFIG=configs/systems/$DGXSYSTEM.json

@@ -1,7 +1,8 @@
 """Launch checks that turn multi-node hangs into clear errors.
 
-`python -m ssd_ds.launch check --hostfile H --deepspeed_config X.json [--no_ssh]` before `deepspeed --hostfile H`:
-the hostfile parses (`host slots=N` lines, `#` comments), its slot total fits the config's batch arithmetic, and
+`python -m ssd_ds.launch check --hostfile H (--config SYSTEM.json | --deepspeed_config X.json) [--no_ssh]` before
+`deepspeed --hostfile H` (--config: the DeepSpeed JSON a run config names, e.g. configs/systems/*.json): the hostfile
+parses (`host slots=N` lines, `#` comments), its slot total fits the config's batch arithmetic, and
 (unless --no_ssh) every host answers on its ssh port within a few seconds. In the trainer, `wait_for_rendezvous`
 gives ranks other than 0 a bounded wait for the master's rendezvous port with an error that names it, and
 `check_local_rank` catches a hostfile that promises more slots than a node has GPUs.
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ssd_ds import ds_config
+from ssd_ds.run_config import from_file
 
 _LINE = re.compile(r"^(?P<host>\S+)\s+slots=(?P<slots>\d+)$")
 
@@ -97,17 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="check a hostfile against a DeepSpeed config before launching")
     check.add_argument("--hostfile", required=True)
-    check.add_argument("--deepspeed_config", required=True)
+    engine = check.add_mutually_exclusive_group(required=True)
+    engine.add_argument("--config", help="a run config (configs/systems/*.json): check its deepspeed_config")
+    engine.add_argument("--deepspeed_config")
     check.add_argument("--no_ssh", action="store_true", help="skip the ssh reachability check")
     check.add_argument("--ssh_port", type=int, default=22)
     check.add_argument("--timeout", type=float, default=5.0)
     args = parser.parse_args(argv)
     try:
-        hosts = check_hostfile(args.hostfile, args.deepspeed_config, not args.no_ssh, args.ssh_port, args.timeout)
+        engine_path = args.deepspeed_config or from_file(args.config).deepspeed_config
+        hosts = check_hostfile(args.hostfile, engine_path, not args.no_ssh, args.ssh_port, args.timeout)
     except (OSError, ValueError, RuntimeError) as exc:  # every failed check is the user's to fix: no traceback
         print(f"error: launch check failed: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.hostfile}: {len(hosts)} hosts, {sum(hosts.values())} ranks; fits {args.deepspeed_config}")
+    print(f"{args.hostfile}: {len(hosts)} hosts, {sum(hosts.values())} ranks; fits {engine_path}")
     return 0
 
 

@@ -37,6 +37,17 @@ def test_slot_count_that_does_not_fit_the_config(tmp_path):
         check_hostfile(str(hosts), str(config), ssh=False)
 
 
+def test_launch_check_takes_the_deepspeed_config_a_system_config_names(capsys, monkeypatch):
+    from ssd_ds.launch import main
+
+    monkeypatch.chdir(REPO)  # the config's paths start at the repository root
+    two_nodes = ["check", "--hostfile", "hostfiles/two_nodes_8gpu", "--no_ssh", "--config"]
+    assert main([*two_nodes, "configs/systems/DGXA100_multi_2x8x56.json"]) == 0
+    assert "fits ds_configs/2xdgxa100_16x56_bf16.json" in capsys.readouterr().out
+    assert main([*two_nodes, "configs/systems/DGXA100.json"]) == 2  # one node's batch on 16 slots
+    assert "dgxa100_8x114_bf16.json: train_batch_size 912 != " in capsys.readouterr().err
+
+
 def test_unreachable_host_fails_fast(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
@@ -143,12 +154,14 @@ def test_launch_scripts_parse():
 
 
 def test_run_and_time_prints_time_to_train(synthetic_dataset, tmp_path):
-    script_env = env(DATADIR=str(synthetic_dataset), LOGDIR=str(tmp_path), DS_CONFIG=CPU_TEST_CONFIG,
-                     LAUNCH="direct", DGXSYSTEM="CPU", RUN_ID="t1", SEED="3", PYTHON=sys.executable,
-                     EXTRA_PARAMS="--model cpu_small --backbone_weights none --synthetic false --epochs 1 "
-                                  "--eval_epochs 1 --workers 1 --progress false")
-    run = subprocess.run(["scripts/run_and_time.sh"], cwd=REPO, env=script_env, capture_output=True, text=True,
-                         timeout=600)
+    system = tmp_path / "CPU.json"  # a system's config, as in configs/systems/: a preset and the fields it changes
+    system.write_text(json.dumps({"preset": "mlperf", "deepspeed_config": CPU_TEST_CONFIG, "submission_platform": "CPU",
+                                  "model": "cpu_small", "backbone_weights": None, "epochs": 1, "eval_epochs": [1]}))
+    script_env = env(DATADIR=str(synthetic_dataset), LOGDIR=str(tmp_path), SYSTEM_CONFIG=str(system),
+                     LAUNCH="direct", DGXSYSTEM="CPU", RUN_ID="t1", SEED="3", PYTHON=sys.executable)
+    flags = ["--synthetic", "false", "--workers", "1", "--progress", "false"]  # applied on top of the system's config
+    run = subprocess.run(["scripts/run_and_time.sh", *flags], cwd=REPO, env=script_env, capture_output=True,
+                         text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     result = [line for line in run.stdout.splitlines() if line.startswith("RESULT,SSD,")]
     assert len(result) == 1 and result[0].endswith(",aborted")  # one epoch never reaches AP 0.23

@@ -2,10 +2,15 @@
 
 import dataclasses
 import json
+import subprocess
 
 import pytest
 
-from ssd_ds.run_config import RunConfig, build_parser, config_from_args, demo, field_help, mlperf
+from ssd_ds import ds_config
+from ssd_ds.run_config import RunConfig, build_parser, config_from_args, demo, field_help, from_file, mlperf
+from tests.helpers import REPO
+
+LAUNCH_SETTINGS = sorted((REPO / "scripts").glob("config_*.sh"))
 
 
 def test_every_field_is_a_documented_flag_showing_the_presets_value():
@@ -51,6 +56,9 @@ def test_a_bad_config_file_names_the_file_and_the_field(tmp_path):
     path.write_text(json.dumps({"epochs": "many"}))
     with pytest.raises(ValueError, match="config.json: --epochs: expected int"):
         config_from_args(["--config", str(path)])
+    path.write_text(json.dumps({"preset": "mlpref", "epochs": 3}))
+    with pytest.raises(ValueError, match=r"config.json: unknown preset 'mlpref' \(one of \['demo', 'mlperf'\]\)"):
+        config_from_args(["--config", str(path)])
     path.write_text("{")
     with pytest.raises(ValueError, match="config.json: malformed JSON"):
         config_from_args(["--config", str(path)])
@@ -59,3 +67,41 @@ def test_a_bad_config_file_names_the_file_and_the_field(tmp_path):
     demo().save(path)
     with pytest.raises(ValueError, match="give one"):
         config_from_args(["--config", str(path), "--preset", "mlperf"])
+
+
+def test_a_partial_config_file_starts_from_the_preset_it_names(tmp_path):
+    path = tmp_path / "system.json"
+    path.write_text(json.dumps({"preset": "mlperf", "epochs": 3, "decay_epochs": [1, 2]}))
+    assert config_from_args(["--config", str(path)]) == dataclasses.replace(mlperf(), epochs=3, decay_epochs=(1, 2))
+    path.write_text(json.dumps({"epochs": 3}))
+    assert config_from_args(["--config", str(path)]) == dataclasses.replace(demo(), epochs=3)
+
+
+def launch_settings(script) -> dict[str, str]:
+    """What a `config_<SYSTEM>.sh` exports, as bash sources it."""
+    names = ("DGXSYSTEM", "DGXNNODES", "DGXNGPU", "WALLTIME", "SYSTEM_CONFIG")
+    out = subprocess.run(["bash", "-c", f'source "$1" && printf "%s\\n" {" ".join("$" + n for n in names)}', "bash",
+                          str(script)], check=True, capture_output=True, text=True).stdout
+    return dict(zip(names, out.splitlines()))
+
+
+@pytest.mark.parametrize("script", LAUNCH_SETTINGS, ids=lambda p: p.stem.removeprefix("config_"))
+def test_each_system_config_loads_and_its_deepspeed_batch_fits_its_nodes(script, monkeypatch):
+    settings = launch_settings(script)
+    system = script.stem.removeprefix("config_")
+    assert settings["DGXSYSTEM"] == system and settings["SYSTEM_CONFIG"] == f"configs/systems/{system}.json"
+    monkeypatch.chdir(REPO)  # the launch scripts run from the repository root, where the config's paths start
+    cfg = config_from_args(["--config", settings["SYSTEM_CONFIG"]])  # the trainer's own parsing and checks
+    assert cfg.preset == "mlperf" and cfg.submission_platform == system
+    engine = ds_config.read(cfg.deepspeed_config)
+    world = int(settings["DGXNNODES"]) * int(settings["DGXNGPU"])
+    assert "train_batch_size" in engine, f"{cfg.deepspeed_config}: a system's config states its global batch"
+    plan = ds_config.check_batch(engine, cfg.deepspeed_config, world)  # raises unless micro x accum x world = batch
+    assert plan.global_batch == engine["train_batch_size"]
+
+
+def test_every_system_config_has_its_launch_settings_and_the_mlperf_preset_is_the_dgx_a100():
+    systems = {p.stem for p in (REPO / "configs" / "systems").glob("*.json")}
+    assert systems == {p.stem.removeprefix("config_") for p in LAUNCH_SETTINGS}
+    dgxa100 = from_file(str(REPO / "configs" / "systems" / "DGXA100.json"))
+    assert dataclasses.replace(dgxa100, submission_platform=mlperf().submission_platform) == mlperf()
