@@ -1,7 +1,8 @@
 # Training image: CUDA base, requirements at the versions of constraints.txt (torch 2.14.1 brings its own CUDA 13
 # libraries), the repo installed.
 #   docker build -t ssd_ds .
-#   source scripts/config_DGXA100.sh && CONT=ssd_ds DATADIR=/data/coco LOGDIR=/results scripts/run_with_docker.sh
+#   source scripts/launch/config_DGXA100.sh
+#   CONT=ssd_ds DATADIR=/data/coco LOGDIR=/results scripts/launch/run_with_docker.sh
 FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
@@ -17,4 +18,4 @@ RUN pip install -r requirements.txt -c constraints.txt
 COPY . .
 RUN pip install --no-deps --no-build-isolation -e .
 ENV DATADIR=/data LOGDIR=/results
-CMD ["scripts/run_and_time.sh"]
+CMD ["scripts/launch/run_and_time.sh"]

@@ -29,4 +29,4 @@ demo: $(STAMP)
 # again under the GPU image's triton (3.6): interpreter tests and compile_check.
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --maxprocesses 4 tests
-	PYTHON=$(PY) bash scripts/triton_compat.sh
+	PYTHON=$(PY) bash scripts/gpu/triton_compat.sh

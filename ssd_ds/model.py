@@ -121,7 +121,7 @@ def load_backbone_weights(trunk: ResNetTrunk, path: Path) -> None:
     """
     if not path.is_file():
         raise FileNotFoundError(
-            f"backbone weights {path}: file not found; fetch it with scripts/download_resnet34.sh "
+            f"backbone weights {path}: file not found; fetch it with scripts/data/download_resnet34.sh "
             f"or train from random init (--backbone_weights none)"
         )
     try:

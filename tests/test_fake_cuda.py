@@ -19,7 +19,7 @@ What cannot run on fake tensors, and how it is covered instead:
   checks that the loss is a CUDA scalar with a graph behind it and gives every parameter a zero gradient on its own
   device. The optimizer step runs the plain SGD loop: the fused SGD the trainer uses on CUDA (`_fused_sgd_`) has no
   fake implementation and would need the driver. The kernels' backward is tested for values in
-  tests/kernels and on a GPU by scripts/gpu_check.sh.
+  tests/kernels and on a GPU by scripts/gpu/gpu_check.sh.
 - DeepSpeed's engine cannot be built on fake tensors (its start-up broadcast needs a real device): `train_step` runs
   with a stand-in that does what DeepSpeed's does for this config (autocast around the module's forward, backward,
   optimizer step).

@@ -1,5 +1,5 @@
-"""scripts/gpu_check.sh --dry-run: the prepared GPU run's every step on CPU (Triton's interpreter, gloo, tiny sizes),
-so that its plumbing (launch, logs, parsing, packing, the summary) never meets a GPU untested."""
+"""scripts/gpu/gpu_check.sh --dry-run: the prepared GPU run's every step on CPU (Triton's interpreter, gloo, tiny
+sizes), so that its plumbing (launch, logs, parsing, packing, the summary) never meets a GPU untested."""
 
 import importlib.util
 import os
@@ -19,7 +19,7 @@ def test_gpu_check_dry_run_runs_every_step_of_the_plan_and_packs_at_most_eight_f
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, TMPDIR=str(tmp_path),
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run"], cwd=REPO, env=env, capture_output=True,
+    proc = subprocess.run(["bash", "scripts/gpu/gpu_check.sh", "--dry-run"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     plan = re.search(r"^plan \(limits on the GPU, s\): (.*) = (\d+) of (\d+)$", proc.stdout, re.M)
@@ -48,7 +48,7 @@ def test_gpu_check_dry_run_runs_every_step_of_the_plan_and_packs_at_most_eight_f
 
 
 def test_summary_shows_each_step_with_its_results_and_why_one_failed(tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_summary", REPO / "scripts" / "gpu_summary.py")
+    spec = importlib.util.spec_from_file_location("gpu_summary", REPO / "scripts" / "gpu" / "gpu_summary.py")
     summary = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(summary)
     (tmp_path / "env.txt").write_text("NVIDIA H200 (CUDA 13.0) | torch 2.11.0\n")

@@ -1,5 +1,5 @@
-"""scripts/gpu_wheels.sh carries what the GPU machine lacks: every third-party package the project imports is either in
-that machine's image (the script's IMAGE_PACKAGES) or carried as a wheel (its CARRIED_WHEELS). No network."""
+"""scripts/gpu/gpu_wheels.sh carries what the GPU machine lacks: every third-party package the project imports is
+either in that machine's image (the script's IMAGE_PACKAGES) or carried as a wheel (its CARRIED_WHEELS). No network."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "gpu_wheels.sh"
+SCRIPT = ROOT / "scripts" / "gpu" / "gpu_wheels.sh"
 SCANNED = ("ssd_ds", "triton_kernels", "tests", "scripts")  # the trainer, the tests and benchmarks run on the GPU
 FIRST_PARTY = {"ssd_ds", "triton_kernels", "tests"}
 

@@ -149,7 +149,7 @@ def test_two_nodes_in_network_namespaces(two_namespaces, synthetic_dataset, tmp_
 
 
 def test_launch_scripts_parse():
-    for script in [*(REPO / "scripts").glob("*.sh"), REPO / "scripts" / "run.sub"]:
+    for script in [*(REPO / "scripts").rglob("*.sh"), REPO / "scripts" / "launch" / "run.sub"]:
         subprocess.run(["bash", "-n", str(script)], check=True)
 
 
@@ -160,7 +160,7 @@ def test_run_and_time_prints_time_to_train(synthetic_dataset, tmp_path):
     script_env = env(DATADIR=str(synthetic_dataset), LOGDIR=str(tmp_path), SYSTEM_CONFIG=str(system),
                      LAUNCH="direct", DGXSYSTEM="CPU", RUN_ID="t1", SEED="3", PYTHON=sys.executable)
     flags = ["--synthetic", "false", "--workers", "1", "--progress", "false"]  # applied on top of the system's config
-    run = subprocess.run(["scripts/run_and_time.sh", *flags], cwd=REPO, env=script_env, capture_output=True,
+    run = subprocess.run(["scripts/launch/run_and_time.sh", *flags], cwd=REPO, env=script_env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     result = [line for line in run.stdout.splitlines() if line.startswith("RESULT,SSD,")]

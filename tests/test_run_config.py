@@ -10,7 +10,7 @@ from ssd_ds import ds_config
 from ssd_ds.run_config import RunConfig, build_parser, config_from_args, demo, field_help, from_file, mlperf
 from tests.helpers import REPO
 
-LAUNCH_SETTINGS = sorted((REPO / "scripts").glob("config_*.sh"))
+LAUNCH_SETTINGS = sorted((REPO / "scripts" / "launch").glob("config_*.sh"))
 
 
 def test_every_field_is_a_documented_flag_showing_the_presets_value():

@@ -16,7 +16,7 @@ Exit status 1 when a kernel fails to compile, spills, needs more shared memory t
 reached by any launcher; 2 when it cannot run (TRITON_INTERPRET=1 makes the kernels interpreted, so there is
 nothing to compile). Needs neither a GPU nor a CUDA driver. It leans on Triton internals (`JITFunction.run`, the
 driver config, `device_caches`) of the triton that torch pins (3.8) and of the GPU machine's (3.6, run by
-scripts/triton_compat.sh); its tests say so first if they change.
+scripts/gpu/triton_compat.sh); its tests say so first if they change.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "data"
 # Nothing listens on the discard port of the loopback interface: a connection there is refused at once.
 UNREACHABLE = "http://127.0.0.1:9"
 

@@ -23,7 +23,7 @@ KERNELS = {"_ce_kernel", "_mine_kernel", "_backward_kernel", "_decode_kernel", "
 
 def run(args, tmp_path, interpret=False):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    # ROOT ahead of the inherited path, not instead of it: scripts/triton_compat.sh puts another triton there.
+    # ROOT ahead of the inherited path, not instead of it: scripts/gpu/triton_compat.sh puts another triton there.
     path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     env.update(PYTHONPATH=path, TRITON_CACHE_DIR=str(tmp_path / "triton_cache"))  # a real compile, every time
     if interpret:

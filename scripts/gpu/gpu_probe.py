@@ -1,22 +1,22 @@
-"""What scripts/gpu_check.sh measures beside the trainer's own run: the device input path and the step, phase by
+"""What scripts/gpu/gpu_check.sh measures beside the trainer's own run: the device input path and the step, phase by
 phase, at the trainer's configuration. Each subcommand prints its result lines (`probe ...`) and exits non-zero when
 a check fails. On a machine without CUDA the same code runs on the CPU at the sizes given (the check's --dry-run):
 host clocks instead of CUDA events, and no streams.
 
-  python scripts/gpu_probe.py progressive DATA [--every 4]
+  python scripts/gpu/gpu_probe.py progressive DATA [--every 4]
       re-save every 4th training JPEG of DATA as a progressive JPEG (same pixels' size, so the annotations hold):
       COCO has some, and nvJPEG decodes them on the host (its hybrid backend), image by image.
-  python scripts/gpu_probe.py phases --data DATA --deepspeed_config F [--model mlperf] [--workers 8] [--iters 8]
+  python scripts/gpu/gpu_probe.py phases --data DATA --deepspeed_config F [--model mlperf] [--workers 8] [--iters 8]
       the trainer's engine (speedups.build_engine, settings from F) and its device input path (the real loader at
       F's micro-batch): per micro-batch, host seconds waiting for workers, preparing and launching the step; device
       seconds of the side-stream preparation and of the main-stream step (CUDA events); synchronising calls per
       step; peak memory; which decode path each image took; then the decode alone on one micro-batch, batched and
       image by image (the fallback's cost).
-  python scripts/gpu_probe.py race --data DATA [--batch 64] [--iters 20]
+  python scripts/gpu/gpu_probe.py race --data DATA [--batch 64] [--iters 20]
       defect 2 of issue 19, proven: two batches prepared back to back on the side stream behind queued work must
       equal, bit for bit, the same batches prepared with the device drained in between; and the same without the
       drain before nvJPEG (reported, not judged: it shows whether this nvJPEG needs it).
-  python scripts/gpu_probe.py loader --data DATA [--batch 456] [--workers 8] [--batches 6]
+  python scripts/gpu/gpu_probe.py loader --data DATA [--batch 456] [--workers 8] [--batches 6]
       the device input path's train loader alone: images/s and the most file descriptors any of its processes held.
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ssd_ds.data.coco import CocoDetection  # noqa: E402
 from ssd_ds.data.device_input import (BatchDecoder, CompressedTrainTransform, DevicePreparation,  # noqa: E402

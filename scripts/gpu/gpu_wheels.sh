@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fill .whl/ with the wheels that the GPU image we test against lacks, for scripts/gpu_check.sh on a GPU machine
+# Fill .whl/ with the wheels that the GPU image we test against lacks, for scripts/gpu/gpu_check.sh on a GPU machine
 # without network access.
 #
 # Why: that image (Python 3.12, torch 2.11, triton 3.6, numpy 2.x, tensorboard, ... see IMAGE_PACKAGES) has no
@@ -11,7 +11,7 @@
 #     && export PYTHONPATH=/tmp/site
 # (deepspeed's CLI then lies in /tmp/site/bin.)
 #
-# How: on a machine that reaches PyPI, from any directory:  scripts/gpu_wheels.sh
+# How: on a machine that reaches PyPI, from any directory:  scripts/gpu/gpu_wheels.sh
 # It clears .whl/, downloads the cp312 manylinux x86_64 (or pure-Python) wheels of CARRIED_WHEELS, builds deepspeed's
 # wheel from its sdist with the project's .venv (DS_BUILD_OPS=0: pure Python, ops JIT-built on the GPU machine), then
 # checks the set: one wheel of each listed package at its pinned version and no other, every wheel installable on
@@ -20,7 +20,7 @@
 # below (keep their markers) and checks that every third-party import of the project is in one of them.
 #   PYTHON=python3 (downloads, pip >= 22.2)   DS_BUILD_PYTHON=.venv/bin/python (needs torch, setuptools, packaging)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 # Wheels to carry: NAME==VERSION, one a line, at the versions constraints.txt pins (what CI tests).
 # >>> carried-wheels

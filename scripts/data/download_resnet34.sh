@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch torchvision's ImageNet ResNet-34 weights, resnet34-333f7ec4.pth (SPEC section 1), into DEST.
 #
-# usage: scripts/download_resnet34.sh [DEST]
+# usage: scripts/data/download_resnet34.sh [DEST]
 #
 # DEST is a directory; the default is torch hub's cache, ${TORCH_HOME:-~/.cache/torch}/hub/checkpoints, where
 # the model's "imagenet" weights setting looks. The file name carries the first 8 hex digits of its SHA-256

@@ -3,9 +3,9 @@
 # then what its logs cannot show. Step limits sum to at most 450 s (printed first as the plan); a step that would
 # outrun what is left of the budget is cut to it, and one that cannot start is skipped and said so.
 #
-#   scripts/gpu_check.sh [--compile-cache FILE]   on the GPU machine (carry .whl/ from scripts/gpu_wheels.sh)
-#   scripts/gpu_check.sh --dry-run                the same steps on CPU at tiny sizes (Triton's interpreter, gloo);
-#                                                 tested in CI (tests/test_gpu_check.py)
+#   scripts/gpu/gpu_check.sh [--compile-cache FILE]   on the GPU machine (carry .whl/ from scripts/gpu/gpu_wheels.sh)
+#   scripts/gpu/gpu_check.sh --dry-run                the same steps on CPU at tiny sizes (Triton's interpreter, gloo);
+#                                                     tested in CI (tests/test_gpu_check.py)
 #
 # Riskiest and most valuable first:
 #   data   synthetic COCO-layout data with COCO-sized JPEGs (480-640 px a side), every 4th progressive;
@@ -23,7 +23,7 @@
 # log and the trainer's run directory, no data or checkpoints) and, when it fits in 16 MiB, compile_cache.bin: give
 # it back with --compile-cache on a later run of the same torch and GPU to skip the cold compiles.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 DRY_RUN=0 CACHE_IN=""
 while (($#)); do
@@ -51,7 +51,7 @@ for entry in "${PLAN[@]}"; do total=$((total + ${entry#*:})); done
 echo "plan (limits on the GPU, s): ${PLAN[*]} = $total of $((DRY_RUN ? 450 : BUDGET_S))"
 
 finish() {  # whatever happened: pack everything, then print the summary table last
-  "$PY" scripts/gpu_summary.py "$WORK" > /dev/null 2>&1 || echo "gpu_summary.py failed" > "$WORK/summary.md"
+  "$PY" scripts/gpu/gpu_summary.py "$WORK" > /dev/null 2>&1 || echo "gpu_summary.py failed" > "$WORK/summary.md"
   cp "$WORK/summary.md" "$WORK/steps.tsv" "$RESULTS/"
   if [[ -s "$WORK/compile_cache.bin" ]] && (($(stat -c %s "$WORK/compile_cache.bin") <= CACHE_MAX_BYTES)); then
     cp "$WORK/compile_cache.bin" "$RESULTS/"
@@ -111,7 +111,7 @@ else
     echo "installing the carried wheels from .whl/ into /tmp/site"
     if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl; then
-      echo "error: installing .whl/*.whl failed (make them with scripts/gpu_wheels.sh on a machine with pip)" >&2
+      echo "error: installing .whl/*.whl failed (make them with scripts/gpu/gpu_wheels.sh on a machine with pip)" >&2
       exit 1
     fi
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}" PATH="/tmp/site/bin:$PATH"
@@ -135,7 +135,7 @@ print(f"{gpu} | torch {torch.__version__} | torchvision {torchvision.__version__
 PY
 then
   cat "$WORK/env.txt" >&2
-  echo "error: a package the check needs does not import (carry it: scripts/gpu_wheels.sh)" >&2
+  echo "error: a package the check needs does not import (carry it: scripts/gpu/gpu_wheels.sh)" >&2
   exit 1
 fi
 command -v nvidia-smi > /dev/null && nvidia-smi >> "$WORK/env.txt" 2>&1
@@ -145,7 +145,7 @@ head -1 "$WORK/env.txt"
 data() {
   "$PY" -m ssd_ds.data.synthetic "$WORK/synthetic" --train "$TRAIN_IMAGES" --val "$VAL_IMAGES" \
     --min-size "$MIN_SIZE" --max-size "$MAX_SIZE" || return
-  "$PY" scripts/gpu_probe.py progressive "$WORK/synthetic" --every 4
+  "$PY" scripts/gpu/gpu_probe.py progressive "$WORK/synthetic" --every 4
 }
 export -f data
 step data data || exit 1  # nothing after it has data to read
@@ -159,7 +159,7 @@ train() {
     --compile "$COMPILE" --kernels triton --input device --encode_on_device on --workers "$WORKERS" \
     --eval_batch "$EVAL_BATCH" --log_every 1 --progress false --loader_timeout 60 \
     --compile_cache "$WORK/compile_cache.bin" --submission_platform gpu_check || return
-  "$PY" scripts/gpu_summary.py --smoke "$WORK/train" "$WORK/train.log"
+  "$PY" scripts/gpu/gpu_summary.py --smoke "$WORK/train" "$WORK/train.log"
 }
 export -f train
 step train train
@@ -167,15 +167,15 @@ step train train
 # --- what the trainer's logs cannot show -------------------------------------------------------------------------
 phases() {
   ulimit -n 1024
-  "$PY" scripts/gpu_probe.py phases --data "$WORK/synthetic" --deepspeed_config "$DS_CONFIG" --model "$MODEL" \
+  "$PY" scripts/gpu/gpu_probe.py phases --data "$WORK/synthetic" --deepspeed_config "$DS_CONFIG" --model "$MODEL" \
     --compile "$COMPILE" --workers "$WORKERS" --iters "$PROBE_ITERS" --eval_batch "$EVAL_BATCH"
 }
 export -f phases
 step phases phases
-step race "$PY" scripts/gpu_probe.py race --data "$WORK/synthetic" --batch "$RACE_BATCH" --iters "$RACE_ITERS"
+step race "$PY" scripts/gpu/gpu_probe.py race --data "$WORK/synthetic" --batch "$RACE_BATCH" --iters "$RACE_ITERS"
 loader() {
   ulimit -n 1024
-  "$PY" scripts/gpu_probe.py loader --data "$WORK/synthetic" --batch "$MICRO" --workers "$WORKERS" \
+  "$PY" scripts/gpu/gpu_probe.py loader --data "$WORK/synthetic" --batch "$MICRO" --workers "$WORKERS" \
     --batches "$LOADER_BATCHES"
 }
 export -f loader

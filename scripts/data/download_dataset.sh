@@ -2,7 +2,7 @@
 # Download COCO 2017 into DIR (SPEC section 5): DIR/train2017/, DIR/val2017/, DIR/annotations/instances_*.json,
 # plus the bbox-only annotation copies (ssd_ds.data.bbox_only).
 #
-# usage: scripts/download_dataset.sh DIR
+# usage: scripts/data/download_dataset.sh DIR
 #
 # Rerunnable: partial downloads resume (curl -C -), finished archives are not fetched again, and an archive is
 # unpacked again unless its unpack finished (a marker file records that). Each archive is checked against its
@@ -15,7 +15,7 @@ die() { echo "download_dataset: $*" >&2; exit 1; }
 [[ $# -eq 1 ]] || { echo "usage: $0 DIR" >&2; exit 2; }
 dir=$1
 base=${COCO_BASE_URL:-http://images.cocodataset.org}
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 python=${PYTHON:-}
 if [[ -z $python ]]; then
     if [[ -x $repo/.venv/bin/python ]]; then python=$repo/.venv/bin/python; else python=python3; fi

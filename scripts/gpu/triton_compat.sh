@@ -2,7 +2,7 @@
 # The kernel tests and compile_check under the triton of the GPU image we test against (3.6), not only the one that
 # constraints.txt pins (3.8), on a machine without a GPU; cheap enough for CI.
 #
-#   scripts/triton_compat.sh        from anywhere; needs the project's .venv (make venv) and, the first time, PyPI
+#   scripts/gpu/triton_compat.sh        from anywhere; needs the project's .venv (make venv) and, the first time, PyPI
 #
 # Why: the GPU image runs torch 2.11 + triton 3.6. Triton's interpreter (the CPU kernel tests) and its compiler
 # (compile_check: registers and spills) differ between the two, and a kernel that passes on 3.8 has failed on 3.6.
@@ -17,7 +17,7 @@
 # Exits 1 if either fails or the triton imported is not $VERSION. About 2 minutes on 2 cores (+ ~5 s to install).
 #   PYTHON=.venv/bin/python   TRITON_COMPAT_VERSION=3.6.0   TRITON_COMPAT_DIR=.venv-triton36
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT="$PWD"
 
 PY="${PYTHON:-.venv/bin/python}"

@@ -1,9 +1,9 @@
-"""The summary table that scripts/gpu_check.sh prints last: one row per step, with what it measured.
+"""The summary table that scripts/gpu/gpu_check.sh prints last: one row per step, with what it measured.
 
-`python scripts/gpu_summary.py RESULTS_DIR` reads RESULTS_DIR/steps.tsv (name, status, seconds, log), the pytest
+`python scripts/gpu/gpu_summary.py RESULTS_DIR` reads RESULTS_DIR/steps.tsv (name, status, seconds, log), the pytest
 JUnit XML of a step (NAME.xml) and the result lines of a step (NAME.result); prints a Markdown table and writes it
 to RESULTS_DIR/summary.md.
-`python scripts/gpu_summary.py --smoke RUN_DIR [LOG]` prints the result lines of a trainer run (`result: ...`):
+`python scripts/gpu/gpu_summary.py --smoke RUN_DIR [LOG]` prints the result lines of a trainer run (`result: ...`):
 time and status from its MLPerf log, the evaluations' AP, the steady-state speed (from epoch 2 on), host time per
 step waiting for workers and preparing, the decode paths, peak memory from its metrics.jsonl; from its log (LOG)
 the warm-up's seconds, recompiles and graph breaks (TORCH_LOGS="recompiles,graph_breaks") and the compile cache.
@@ -30,7 +30,7 @@ def smoke_results(run_dir: Path, log: Path | None = None) -> list[str]:
     import re
     import statistics
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from ssd_ds.mlperf_log import log_records, time_to_train
 
     seconds, status = time_to_train(run_dir / "mlperf.log")
