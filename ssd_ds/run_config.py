@@ -4,21 +4,18 @@
 of the other submissions are flags in the launch scripts (`scripts/config_*.sh`). `demo()` trains the CPU model on
 the built-in synthetic data set in minutes. The DeepSpeed JSON holds the engine settings only (ssd_ds.ds_config).
 
-Every field is a flag, typed by its annotation and documented by its comment below (`--help` prints both, with the
-chosen preset's value). A run's resolved config is saved as `<run_dir>/config.json`; `--config FILE` starts from
-such a file, and flags given beside it apply on top: `--config runs/demo/config.json --run_dir runs/again`.
+Every field is a flag, typed by its annotation and documented by the help text beside its default (`--help` prints
+both, with the chosen preset's value). A run's resolved config is saved as `<run_dir>/config.json`; `--config FILE`
+starts from such a file, and flags given beside it apply on top: `--config runs/demo/config.json --run_dir runs/again`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import io
 import json
-import tokenize
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -26,54 +23,64 @@ from ssd_ds.fileio import atomic_write, read_json
 from ssd_ds.schedule import EvalSchedule
 
 
+def flag(default, help: str):
+    """A RunConfig field: its default and its one-line `--help` text."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class RunConfig:
     """Everything a run needs besides the DeepSpeed JSON; saved resolved in the run directory."""
 
-    preset: str = "demo"  # name of the preset these values started from
-    model: str = "cpu_small"  # model preset: mlperf (SSD300, ResNet-34) or cpu_small (ssd_ds.model_config)
-    backbone_weights: str | None = None  # torchvision resnet34 file, "imagenet" (hub cache) or None (random init)
-    data: str = "data/synthetic"  # COCO-laid-out dataset directory
-    synthetic: bool = True  # generate the synthetic data set at `data` when it is absent
-    deepspeed_config: str = "ds_configs/cpu_fp32.json"  # engine settings: batch, accumulation, precision
-    run_dir: str = "runs/demo"  # checkpoints, logs, TensorBoard, resolved config
-    new_run_dir: bool = False  # run_dir holds a previous run: False refuses, True takes the next free run_dir-<k>
-    seed: int = 1  # data order, augmentation and init
-    epochs: int = 12  # maximum epochs; the run stops earlier at the target
-    lr_per_32: float = 3.2e-3  # LR per 32 images: base LR = 2.5e-3 * round(lr_per_32 / 2.5e-3 * global_batch / 32)
-    momentum: float = 0.9  # SGD momentum (SPEC section 7)
-    weight_decay: float = 1.3e-4  # on all parameters (SPEC section 7)
-    warmup_iters: int = 650  # linear warmup length in iterations, from factor 0
-    warmup_factor: float = 0.0  # LR fraction at iteration 0 of the warmup (logged; SPEC uses 0)
-    decay_epochs: tuple[int, ...] = (44, 55)  # x decay_factor once this many epochs are complete
-    decay_factor: float = 0.1  # LR multiplier at each boundary
-    eval_epochs: tuple[int, ...] = (40, 50, 55)  # evaluate after these epochs (1-based) ...
-    eval_every: int = 5  # ... and every this many epochs after the last one
-    target_map: float = 0.23  # stop when COCO AP reaches this
-    eval_batch: int = 64  # images per rank per evaluation batch
-    coco_eval: str = "faster"  # COCOeval backend: faster (faster-coco-eval, C++) or pycocotools (the reference)
-    workers: int = 4  # DataLoader worker processes per rank
-    loader_timeout: float = 300.0  # seconds any one training batch may take the workers before the run fails (0: none)
-    threads: int = 0  # torch intra-op threads per rank (0: leave torch's default)
-    compile: str = "auto"  # torch.compile of model+loss: auto (on for CUDA), on, off
-    kernels: str = "auto"  # loss/decode/encode backend: auto (triton on CUDA), torch, triton
-    input: str = "auto"  # decode+augment images: in the loader workers (cpu) or batched on the device (auto: on CUDA)
-    encode_on_device: str = "auto"  # match+encode boxes on the device (auto: on CUDA) instead of in the loader workers
-    warm_up: str = "auto"  # compile/autotune on synthetic data before run_start: auto (compiled or CUDA), on, off
-    compile_cache: str | None = None  # file of torch.compile cache artifacts: loaded before the warm-up, saved after
-    max_boxes: int = 128  # boxes per image shipped raw when encoding on the device (COCO 2017 train has <= 93)
-    channels_last: bool = True  # NHWC activations (faster convolutions on GPUs and on oneDNN CPUs)
-    checkpoint_every: int = 0  # also checkpoint every this many iterations (0: only at epoch ends)
-    keep_checkpoints: int = 2  # checkpoints kept on disk
-    log_every: int = 10  # iterations between loss logging / finiteness checks / eval polls
-    eval_images_to_draw: int = 4  # validation images with predicted boxes sent to TensorBoard
-    max_iters: int = 0  # stop after this many iterations in all (0: no limit); for tests and benchmarks
-    division: str = "closed"  # MLPerf division logged: closed only for the benchmark's own schedule
-    submission_platform: str = "unknown"  # MLPerf submission_platform
-    dist_timeout: float = 600.0  # seconds any collective or the rendezvous may wait before the run fails
-    progress: bool = True  # progress bar on rank 0
-    resume: str | None = None  # "auto" (latest in run_dir), a checkpoint directory, or None
-    eval_only: bool = False  # evaluate the resumed checkpoint (on all ranks, sharded) and exit
+    preset: str = flag("demo", "name of the preset these values started from")
+    model: str = flag("cpu_small", "model preset: mlperf (SSD300, ResNet-34) or cpu_small (ssd_ds.model_config)")
+    backbone_weights: str | None = flag(None, 'torchvision resnet34 file, "imagenet" (hub cache) or None (random init)')
+    data: str = flag("data/synthetic", "COCO-laid-out dataset directory")
+    synthetic: bool = flag(True, "generate the synthetic data set at `data` when it is absent")
+    deepspeed_config: str = flag("ds_configs/cpu_fp32.json", "engine settings: batch, accumulation, precision")
+    run_dir: str = flag("runs/demo", "checkpoints, logs, TensorBoard, resolved config")
+    new_run_dir: bool = flag(False, "run_dir holds a previous run: False refuses, True takes the next free run_dir-<k>")
+    seed: int = flag(1, "data order, augmentation and init")
+    epochs: int = flag(12, "maximum epochs; the run stops earlier at the target")
+    lr_per_32: float = flag(
+        3.2e-3, "LR per 32 images: base LR = 2.5e-3 * round(lr_per_32 / 2.5e-3 * global_batch / 32)")
+    momentum: float = flag(0.9, "SGD momentum (SPEC section 7)")
+    weight_decay: float = flag(1.3e-4, "on all parameters (SPEC section 7)")
+    warmup_iters: int = flag(650, "linear warmup length in iterations, from factor 0")
+    warmup_factor: float = flag(0.0, "LR fraction at iteration 0 of the warmup (logged; SPEC uses 0)")
+    decay_epochs: tuple[int, ...] = flag((44, 55), "x decay_factor once this many epochs are complete")
+    decay_factor: float = flag(0.1, "LR multiplier at each boundary")
+    eval_epochs: tuple[int, ...] = flag((40, 50, 55), "evaluate after these epochs (1-based) ...")
+    eval_every: int = flag(5, "... and every this many epochs after the last one")
+    target_map: float = flag(0.23, "stop when COCO AP reaches this")
+    eval_batch: int = flag(64, "images per rank per evaluation batch")
+    coco_eval: str = flag("faster", "COCOeval backend: faster (faster-coco-eval, C++) or pycocotools (the reference)")
+    workers: int = flag(4, "DataLoader worker processes per rank")
+    loader_timeout: float = flag(
+        300.0, "seconds any one training batch may take the workers before the run fails (0: none)")
+    threads: int = flag(0, "torch intra-op threads per rank (0: leave torch's default)")
+    compile: str = flag("auto", "torch.compile of model+loss: auto (on for CUDA), on, off")
+    kernels: str = flag("auto", "loss/decode/encode backend: auto (triton on CUDA), torch, triton")
+    input: str = flag(
+        "auto", "decode+augment images: in the loader workers (cpu) or batched on the device (auto: on CUDA)")
+    encode_on_device: str = flag(
+        "auto", "match+encode boxes on the device (auto: on CUDA) instead of in the loader workers")
+    warm_up: str = flag("auto", "compile/autotune on synthetic data before run_start: auto (compiled or CUDA), on, off")
+    compile_cache: str | None = flag(
+        None, "file of torch.compile cache artifacts: loaded before the warm-up, saved after")
+    max_boxes: int = flag(128, "boxes per image shipped raw when encoding on the device (COCO 2017 train has <= 93)")
+    channels_last: bool = flag(True, "NHWC activations (faster convolutions on GPUs and on oneDNN CPUs)")
+    checkpoint_every: int = flag(0, "also checkpoint every this many iterations (0: only at epoch ends)")
+    keep_checkpoints: int = flag(2, "checkpoints kept on disk")
+    log_every: int = flag(10, "iterations between loss logging / finiteness checks / eval polls")
+    eval_images_to_draw: int = flag(4, "validation images with predicted boxes sent to TensorBoard")
+    max_iters: int = flag(0, "stop after this many iterations in all (0: no limit); for tests and benchmarks")
+    division: str = flag("closed", "MLPerf division logged: closed only for the benchmark's own schedule")
+    submission_platform: str = flag("unknown", "MLPerf submission_platform")
+    dist_timeout: float = flag(600.0, "seconds any collective or the rendezvous may wait before the run fails")
+    progress: bool = flag(True, "progress bar on rank 0")
+    resume: str | None = flag(None, '"auto" (latest in run_dir), a checkpoint directory, or None')
+    eval_only: bool = flag(False, "evaluate the resumed checkpoint (on all ranks, sharded) and exit")
 
     def save(self, path: Path) -> None:
         """Write the resolved config as JSON, atomically."""
@@ -136,20 +143,6 @@ _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "fals
 
 
 @cache
-def field_help() -> dict[str, str]:
-    """Each field's one-line comment in the RunConfig source above, the one place it is written: the flag's help."""
-    found = {}
-    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(RunConfig)).readline)
-    names: dict[int, str] = {}  # line -> the field declared on it
-    for tok in tokens:
-        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.start[0] not in names:
-            names[tok.start[0]] = tok.string
-        elif tok.type == tokenize.COMMENT and tok.start[0] in names:
-            found[names[tok.start[0]]] = tok.string.lstrip("# ").strip()
-    return found
-
-
-@cache
 def field_types() -> dict[str, type]:
     return typing.get_type_hints(RunConfig)
 
@@ -192,7 +185,7 @@ def _show(value) -> str:
 
 
 def build_parser(base: RunConfig | None = None) -> argparse.ArgumentParser:
-    """--preset, --config and one flag per field, its help the field's comment and its value in `base`."""
+    """--preset, --config and one flag per field, its help the field's help text and its value in `base`."""
     parser = argparse.ArgumentParser(description="Train SSD (MLPerf v0.7 SSD300-ResNet34) with DeepSpeed",
                                      usage="python -m ssd_ds.train [--preset P | --config FILE] [--FIELD VALUE ...]",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -202,14 +195,13 @@ def build_parser(base: RunConfig | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="a run's saved config.json to start from; flags given beside it apply on top")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # DeepSpeed's launcher
-    helps = field_help()
     for f in dataclasses.fields(RunConfig):
         if f.name == "preset":
             continue
         shown = f" [{base.preset}: {_show(getattr(base, f.name))}]" if base is not None else ""
         choices = f" ({'|'.join(CHOICES[f.name])})" if f.name in CHOICES else ""
         parser.add_argument(f"--{f.name}", type=str, default=argparse.SUPPRESS, metavar=_metavar(f.name),
-                            help=f"{helps.get(f.name, '')}{choices}{shown}".replace("%", "%%"))
+                            help=f"{f.metadata['help']}{choices}{shown}".replace("%", "%%"))
     return parser
 
 
