@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from ssd_ds.errors import BadInput
 from ssd_ds.fileio import atomic_write, read_json
 from ssd_ds.schedule import EvalSchedule
 
@@ -170,7 +171,7 @@ def parse_value(name: str, value):
     except (ValueError, TypeError, KeyError):
         what = "a comma-separated list of " + typing.get_args(kind)[0].__name__ if typing.get_origin(kind) is tuple \
             else getattr(kind, "__name__", str(kind))
-        raise ValueError(f"--{name}: expected {what}{' or none' if optional else ''}, got {value!r}") from None
+        raise BadInput(f"--{name}: expected {what}{' or none' if optional else ''}, got {value!r}") from None
 
 
 def _metavar(name: str) -> str:
@@ -209,16 +210,16 @@ def from_file(path: str) -> RunConfig:
     """A saved config.json as a RunConfig; an unknown key or a value of the wrong type names the file."""
     data = read_json(path, "run config")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a run config is a JSON object, got {type(data).__name__}")
+        raise BadInput(f"{path}: a run config is a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(RunConfig)})
     if unknown:
-        raise ValueError(f"{path}: unknown fields {unknown} (flags are listed by --help)")
+        raise BadInput(f"{path}: unknown fields {unknown} (flags are listed by --help)")
     cfg = PRESETS.get(data.get("preset"), demo)()
     for name, value in data.items():
         try:
             setattr(cfg, name, parse_value(name, value) if name != "preset" else value)
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+            raise BadInput(f"{path}: {exc}") from None
     return cfg
 
 
@@ -228,7 +229,7 @@ def config_from_args(argv: list[str] | None = None) -> RunConfig:
     if first.config is not None:
         cfg = from_file(first.config)
         if first.preset is not None and first.preset != cfg.preset:
-            raise ValueError(f"--preset {first.preset} and --config {first.config} (preset {cfg.preset}): give one")
+            raise BadInput(f"--preset {first.preset} and --config {first.config} (preset {cfg.preset}): give one")
     else:
         cfg = PRESETS[first.preset or "demo"]()
     args = build_parser(cfg).parse_args(argv)  # this time with --help showing the values it starts from
@@ -243,14 +244,14 @@ def validate(cfg: RunConfig) -> None:
     """Reject settings that cannot work, with the field named."""
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
-            raise ValueError(f"--{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+            raise BadInput(f"--{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
     if cfg.epochs < 1 or cfg.eval_every < 1 or cfg.log_every < 1:
-        raise ValueError("--epochs, --eval_every and --log_every must be >= 1")
+        raise BadInput("--epochs, --eval_every and --log_every must be >= 1")
     if not 1 <= cfg.max_boxes <= 256:
-        raise ValueError(f"--max_boxes must be in 1..256 (the encode kernel's tile), got {cfg.max_boxes}")
+        raise BadInput(f"--max_boxes must be in 1..256 (the encode kernel's tile), got {cfg.max_boxes}")
     if cfg.input == "device" and cfg.encode_on_device == "off":
-        raise ValueError("--input device leaves the boxes to the device: --encode_on_device must be auto or on")
+        raise BadInput("--input device leaves the boxes to the device: --encode_on_device must be auto or on")
     if cfg.eval_only and cfg.resume is None:
-        raise ValueError("--eval_only needs --resume auto|PATH: a checkpoint to evaluate")
+        raise BadInput("--eval_only needs --resume auto|PATH: a checkpoint to evaluate")
     if list(cfg.decay_epochs) != sorted(cfg.decay_epochs):
-        raise ValueError(f"--decay_epochs must be increasing, got {cfg.decay_epochs}")
+        raise BadInput(f"--decay_epochs must be increasing, got {cfg.decay_epochs}")

@@ -14,6 +14,7 @@ from mlperf_logging.mllog import constants as mllog_keys
 
 from ssd_ds import checkpoint
 from ssd_ds.distributed import barrier, broadcast_from_rank0
+from ssd_ds.errors import BadInput
 from ssd_ds.mlperf_log import LOG_NAME, log_records
 from ssd_ds.run_config import RunConfig
 
@@ -70,7 +71,7 @@ def open_run_dir(cfg: RunConfig, rank: int) -> tuple[Path, tuple[Path, str] | No
     every rank writes to the same place and fails with the same message, and saves the resolved config there."""
     run_dir, error = broadcast_from_rank0(choose_run_dir(cfg) if rank == 0 else None)
     if error:
-        raise ValueError(error)
+        raise BadInput(error)
     cfg.run_dir = run_dir
     resume_from = checkpoint.find_resume(cfg.resume, Path(run_dir) / "checkpoints")
     if rank == 0:
