@@ -47,6 +47,7 @@ from ssd_ds.box_coder import BoxCoder
 from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.device_input import CompressedTrainTransform, collate_compressed, decode_and_augment
 from ssd_ds.data.transforms import TrainTransform
+from ssd_ds.errors import NotFound
 from ssd_ds.evaluate import COCOEVAL_BACKENDS, coco_eval
 from ssd_ds.fileio import atomic_write
 from ssd_ds.model_config import build_model_config
@@ -375,8 +376,8 @@ def bench_train(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
         try:
             num_classes, classes_from = CocoDetection(cfg.data, "train").num_classes, cfg.data
         except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{exc}: the trainer takes the class count from its data set; pass --data DIR "
-                                    f"or --num_classes N") from None
+            raise NotFound(f"{exc}: the trainer takes the class count from its data set; pass --data DIR "
+                           f"or --num_classes N") from None
     setup_process_env()  # one process: rendezvous variables; DeepSpeed's CPU accelerator where there is no GPU
     import deepspeed  # after setup_process_env: DS_ACCELERATOR is read at import
 

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ssd_ds.distributed import barrier
+from ssd_ds.errors import BadInput, NotFound
 from ssd_ds.fileio import atomic_write
 
 LATEST = "latest"
@@ -85,11 +86,11 @@ def find_resume(resume: str | None, ckpt_dir: Path) -> tuple[Path, str] | None:
             return None
         tag = latest.read_text().strip()
         if not (ckpt_dir / tag).is_dir():
-            raise FileNotFoundError(f"{latest}: names checkpoint {tag!r}, which is not in {ckpt_dir}")
+            raise NotFound(f"{latest}: names checkpoint {tag!r}, which is not in {ckpt_dir}")
         return ckpt_dir, tag
     path = Path(resume)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: checkpoint directory not found")
+        raise NotFound(f"{path}: checkpoint directory not found")
     return path.parent, path.name
 
 
@@ -121,8 +122,8 @@ def find_inference_file(path: str | Path) -> Path:
         return path / INFERENCE_FILE
     if (path / "checkpoints" / LATEST).is_file():
         return find_inference_file(path / "checkpoints" / (path / "checkpoints" / LATEST).read_text().strip())
-    raise FileNotFoundError(f"{path}: no {INFERENCE_FILE} there (a checkpoint file, a checkpoint directory or a run "
-                            f"directory with checkpoints/latest)")
+    raise NotFound(f"{path}: no {INFERENCE_FILE} there (a checkpoint file, a checkpoint directory or a run "
+                   f"directory with checkpoints/latest)")
 
 
 def load_inference(path: str | Path, device: torch.device | str = "cpu"):
@@ -134,17 +135,17 @@ def load_inference(path: str | Path, device: torch.device | str = "cpu"):
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file: all mean the same to the user
-        raise ValueError(f"{file}: cannot be read as an ssd_ds model checkpoint ({exc})") from None
+        raise BadInput(f"{file}: cannot be read as an ssd_ds model checkpoint ({exc})") from None
     if not isinstance(state, dict) or state.get("format") != 1:
-        raise ValueError(f"{file}: not an ssd_ds model checkpoint (no format 1 header)")
+        raise BadInput(f"{file}: not an ssd_ds model checkpoint (no format 1 header)")
     model_cfg = build_model_config(state["model"], num_classes=len(state["class_names"]))
     if model_cfg.input_size != state["input_size"]:
-        raise ValueError(f"{file}: model {state['model']!r} takes {model_cfg.input_size}px inputs, the checkpoint "
-                         f"says {state['input_size']}")
+        raise BadInput(f"{file}: model {state['model']!r} takes {model_cfg.input_size}px inputs, the checkpoint "
+                       f"says {state['input_size']}")
     model = build_model(model_cfg)
     try:
         model.load_state_dict(state.pop("state_dict"))
     except RuntimeError as exc:
-        raise ValueError(f"{file}: weights do not fit model preset {state['model']!r} "
-                         f"({str(exc).splitlines()[0]})") from None
+        raise BadInput(f"{file}: weights do not fit model preset {state['model']!r} "
+                       f"({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), state

@@ -1,19 +1,12 @@
 """How every entry point ends: a user error as one `error: ...` line and exit status 2, a bug with its traceback.
 
-`if __name__ == "__main__": run_cli(main)` at the bottom of each command-line module. A user error is told from a
-bug by where it was raised, not by its message and not by a special exception class (that would mean changing
-every raise site):
-
-- a `FileNotFoundError`, `FileExistsError` or `ValueError` (bad input), or a `TimeoutError` or `ChildProcessError`
-  (the machine failed the run in a way the user mends: a loader worker stalled or was killed)
-- raised by an explicit `raise` statement (the traceback's deepest frame stops on a RAISE_VARARGS instruction)
-- in a file of this project (`ssd_ds/`, `triton_kernels/`).
-
-Those are the checks that validate input and name the file or flag at fault (`{root}: dataset directory not
-found`, `{path}: malformed JSON (...)`, `{path}: train_batch_size ...`). Anything else keeps Python's traceback:
-a `ValueError` from inside numpy or torch, one from a builtin called in our code (`int("x")`), a `KeyError`, a
-`RuntimeError` (our invariant checks: replicas that differ, an evaluation that missed images). `SSD_DS_DEBUG=1`
-shows the traceback of user errors too.
+`if __name__ == "__main__": run_cli(main)` at the bottom of each command-line module. A user error is an
+`ssd_ds.errors.UserError`: raised by the checks that validate input and name the file or flag at fault
+(`{root}: dataset directory not found`, `{path}: malformed JSON (...)`, `{path}: train_batch_size ...`), or when
+the machine fails the run in a way the user mends (a loader worker stalled or was killed). Anything else keeps
+Python's traceback: a `ValueError` from inside numpy or torch, one from a builtin called in our code (`int("x")`), a
+`KeyError`, a `RuntimeError` (our invariant checks: replicas that differ, an evaluation that missed images).
+`SSD_DS_DEBUG=1` shows the traceback of user errors too.
 
 Under torch.distributed the traceback would come from every rank, each line prefixed `[rankN]:` (the
 `sys.excepthook` that `init_process_group` installs); a user error is caught before that hook, prints one line per
@@ -23,38 +16,22 @@ without waiting on its peers; DeepSpeed's launcher then ends the other ranks and
 
 from __future__ import annotations
 
-import dis
 import os
 import sys
-from pathlib import Path
-from types import TracebackType
 from typing import Callable, NoReturn
 
+from ssd_ds.errors import UserError
+
 USER_ERROR_EXIT = 2  # as argparse exits on a bad flag
-USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, TimeoutError, ChildProcessError)
-_OURS = tuple(str(Path(__file__).resolve().parent.parent / pkg) + os.sep for pkg in ("ssd_ds", "triton_kernels"))
-
-
-def is_user_error(exc: BaseException) -> bool:
-    """Whether `exc` is one of USER_ERRORS raised by a `raise` statement in this project's code."""
-    if not isinstance(exc, USER_ERRORS) or exc.__traceback__ is None:
-        return False
-    tb: TracebackType = exc.__traceback__
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    code = tb.tb_frame.f_code
-    if not str(Path(code.co_filename).resolve()).startswith(_OURS):
-        return False
-    return any(i.offset == tb.tb_lasti and i.opname == "RAISE_VARARGS" for i in dis.get_instructions(code))
 
 
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> NoReturn:
     """Run `main(argv)` and exit: with its return value when that is an int (an exit status), else 0; with status 2
-    and one `error: ...` line on stderr when it raises a user error (see the module docstring)."""
+    and one `error: ...` line on stderr when it raises a UserError (see the module docstring)."""
     try:
         result = main(argv)
-    except USER_ERRORS as exc:
-        if not is_user_error(exc) or os.environ.get("SSD_DS_DEBUG") == "1":
+    except UserError as exc:
+        if os.environ.get("SSD_DS_DEBUG") == "1":
             raise
         world = int(os.environ.get("WORLD_SIZE", "1"))
         prefix = f"[rank{os.environ.get('RANK', '?')}]: " if world > 1 else ""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ssd_ds.errors import BadInput
 from ssd_ds.fileio import read_json
 
 
@@ -41,7 +42,7 @@ def read(path: str) -> dict:
     """The JSON object of `path`, naming the file when it is missing, malformed or not an object."""
     settings = read_json(path, "DeepSpeed config")
     if not isinstance(settings, dict):
-        raise ValueError(f"{path}: a DeepSpeed config is a JSON object, got {type(settings).__name__}")
+        raise BadInput(f"{path}: a DeepSpeed config is a JSON object, got {type(settings).__name__}")
     return settings
 
 
@@ -60,14 +61,14 @@ def check_batch(settings: dict, path: str, world_size: int) -> BatchPlan:
     total = settings.get("train_batch_size")
     if micro is None:
         if total is None:
-            raise ValueError(f"{path}: set train_micro_batch_size_per_gpu (and train_batch_size)")
+            raise BadInput(f"{path}: set train_micro_batch_size_per_gpu (and train_batch_size)")
         micro, rem = divmod(total, accum * world_size)
         if rem:
-            raise ValueError(f"{path}: train_batch_size {total} is not divisible by gradient_accumulation_steps "
-                             f"{accum} x world size {world_size}")
+            raise BadInput(f"{path}: train_batch_size {total} is not divisible by gradient_accumulation_steps "
+                           f"{accum} x world size {world_size}")
     plan = BatchPlan(micro, accum, world_size)
     if total is not None and total != plan.global_batch:
-        raise ValueError(
+        raise BadInput(
             f"{path}: train_batch_size {total} != train_micro_batch_size_per_gpu {micro} x "
             f"gradient_accumulation_steps {accum} x world size {world_size} (= {plan.global_batch}); "
             f"pick the DeepSpeed config made for this number of GPUs (see ds_configs/README.md)"
@@ -84,17 +85,17 @@ def precision_of(settings: dict, path: str) -> torch.dtype | None:
     """
     for block in ("bf16", "fp16"):
         if settings.get(block, {}).get("enabled"):
-            raise ValueError(f"{path}: '{block}.enabled' casts BatchNorm to {block}; use "
-                             f"\"torch_autocast\": {{\"enabled\": true, \"dtype\": \"...\"}} instead")
+            raise BadInput(f"{path}: '{block}.enabled' casts BatchNorm to {block}; use "
+                           f"\"torch_autocast\": {{\"enabled\": true, \"dtype\": \"...\"}} instead")
     autocast = settings.get("torch_autocast", {})
     if not autocast.get("enabled"):
         return None
     dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
     name = str(autocast.get("dtype", "bfloat16")).replace("torch.", "")
     if name not in dtype:
-        raise ValueError(f"{path}: torch_autocast.dtype {name!r} is not bfloat16 or float16")
+        raise BadInput(f"{path}: torch_autocast.dtype {name!r} is not bfloat16 or float16")
     if dtype[name] == torch.float16 and not torch.cuda.is_available():
-        raise ValueError(f"{path}: fp16 needs a GPU (DeepSpeed refuses fp16 on CPU); use bfloat16 or fp32")
+        raise BadInput(f"{path}: fp16 needs a GPU (DeepSpeed refuses fp16 on CPU); use bfloat16 or fp32")
     return dtype[name]
 
 

@@ -23,6 +23,7 @@ import torch
 
 from ssd_ds.box_coder import BoxCoder
 from ssd_ds.data.transforms import normalize_images
+from ssd_ds.errors import BadInput
 from ssd_ds.fileio import atomic_open, atomic_write
 from ssd_ds.postprocess import Detections, decode_scores, postprocess, to_coco_results
 
@@ -220,8 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
     model = model.to(memory_format=memory_format)
     val_set = CocoDetection(args.data, "val", transform=EvalTransform(meta["input_size"]), skip_to_next=False)
     if val_set.label_to_category != meta["label_to_category"]:
-        raise ValueError(f"{val_set.ann_file}: its categories are not the checkpoint's ({len(meta['class_names']) - 1}"
-                         f" classes, ids {sorted(meta['label_to_category'].values())[:5]}...)")
+        raise BadInput(f"{val_set.ann_file}: its categories are not the checkpoint's ({len(meta['class_names']) - 1}"
+                       f" classes, ids {sorted(meta['label_to_category'].values())[:5]}...)")
     ops, autocast = inference_ops(meta, device)
     loader = build_eval_loader(val_set, rank, world, args.batch, args.workers, pin_memory=device.type == "cuda")
     detections, seen, skipped, _ = predict(model, loader, ops.coder, val_set.label_to_category, device, autocast,

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ssd_ds.checkpoint import load_inference
+from ssd_ds.errors import BadInput
 from ssd_ds.evaluate import inference_ops
 from ssd_ds.fileio import atomic_open
 from ssd_ds.postprocess import Detections, PostprocessConfig, _nms_by_group, decode_scores, select_detections
@@ -158,9 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     output = Path(args.output)
     if output.is_dir():
-        raise ValueError(f"{output}: is a directory; --output names the file to write")
+        raise BadInput(f"{output}: is a directory; --output names the file to write")
     if args.format == "exported_program" and output.suffix != ".pt2":
-        raise ValueError(f"{output}: an ExportedProgram file must end in .pt2 (torch.export.load expects it)")
+        raise BadInput(f"{output}: an ExportedProgram file must end in .pt2 (torch.export.load expects it)")
     model, meta = load_inference(args.checkpoint, "cpu")
     size = meta["input_size"]
     generator = torch.Generator().manual_seed(0)

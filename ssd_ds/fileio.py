@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from ssd_ds.errors import BadInput, NotFound
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
@@ -45,6 +47,6 @@ def read_json(path: str | Path, what: str = "JSON file"):
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: {what} not found") from None
+        raise NotFound(f"{path}: {what} not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: malformed JSON ({exc})") from None
+        raise BadInput(f"{path}: malformed JSON ({exc})") from None

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ssd_ds import ds_config
+from ssd_ds.errors import BadInput, NotFound
 from ssd_ds.run_config import from_file
 
 _LINE = re.compile(r"^(?P<host>\S+)\s+slots=(?P<slots>\d+)$")
@@ -29,7 +30,7 @@ def parse_hostfile(path: str | Path) -> dict[str, int]:
     """`{host: slots}` in file order; errors name the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: hostfile not found")
+        raise NotFound(f"{path}: hostfile not found")
     hosts: dict[str, int] = {}
     for number, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
@@ -37,15 +38,15 @@ def parse_hostfile(path: str | Path) -> dict[str, int]:
             continue
         match = _LINE.match(line)
         if match is None:
-            raise ValueError(f"{path}:{number}: expected 'HOST slots=N', got {raw.strip()!r}")
+            raise BadInput(f"{path}:{number}: expected 'HOST slots=N', got {raw.strip()!r}")
         host, slots = match["host"], int(match["slots"])
         if host in hosts:
-            raise ValueError(f"{path}:{number}: host {host!r} listed twice")
+            raise BadInput(f"{path}:{number}: host {host!r} listed twice")
         if slots < 1:
-            raise ValueError(f"{path}:{number}: {host} has slots={slots}; need at least 1")
+            raise BadInput(f"{path}:{number}: {host} has slots={slots}; need at least 1")
         hosts[host] = slots
     if not hosts:
-        raise ValueError(f"{path}: no hosts")
+        raise BadInput(f"{path}: no hosts")
     return hosts
 
 

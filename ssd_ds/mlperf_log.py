@@ -22,6 +22,8 @@ from pathlib import Path
 from mlperf_logging.mllog import constants as keys
 from mlperf_logging.mllog import mllog
 
+from ssd_ds.errors import BadInput, NotFound
+
 BENCHMARK = keys.SSD
 ORG = "ssd_ds"
 CROP_MAX_SAMPLES = 1  # SPEC section 5: one crop candidate per draw (logged as max_samples)
@@ -144,7 +146,7 @@ def log_records(path: Path) -> list[dict]:
             try:
                 records.append(json.loads(line.split(":::MLLOG", 1)[1]))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not an MLPerf log record ({exc})") from None
+                raise BadInput(f"{path}:{number}: not an MLPerf log record ({exc})") from None
     return records
 
 
@@ -154,7 +156,7 @@ def segment_time(path: Path) -> tuple[float, str]:
     records = log_records(path)
     starts = [r for r in records if r["key"] == keys.RUN_START]
     if not starts:
-        raise ValueError(f"{path}: no {keys.RUN_START} record (the segment did not start training)")
+        raise BadInput(f"{path}: no {keys.RUN_START} record (the segment did not start training)")
     stops = [r for r in records if r["key"] == keys.RUN_STOP]
     end = stops[-1] if stops else records[-1]
     status = stops[-1]["metadata"].get("status", "unknown") if stops else "interrupted"
@@ -177,7 +179,7 @@ def time_to_train(path: Path) -> tuple[float, str]:
     events = {r["key"]: r for r in log_records(path) if r["key"] in (keys.RUN_START, keys.RUN_STOP)}
     for key in (keys.RUN_START, keys.RUN_STOP):
         if key not in events:
-            raise ValueError(f"{path}: no {key} record (the run did not start or did not finish)")
+            raise BadInput(f"{path}: no {key} record (the run did not start or did not finish)")
     seconds = (events[keys.RUN_STOP]["time_ms"] - events[keys.RUN_START]["time_ms"]) / 1000
     return seconds, events[keys.RUN_STOP]["metadata"].get("status", "unknown")
 
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("log", type=Path)
     args = parser.parse_args(argv)
     if not args.log.is_file():
-        raise FileNotFoundError(f"{args.log}: MLPerf log not found")
+        raise NotFound(f"{args.log}: MLPerf log not found")
     seconds, status, rows = time_across_segments(args.log)
     print(f"RESULT,SSD,{seconds:.1f},{status}")
     if len(rows) > 1:

@@ -16,6 +16,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from ssd_ds.errors import BadInput, NotFound
 from ssd_ds.model_config import ModelConfig
 
 RESNET34_FILE = "resnet34-333f7ec4.pth"
@@ -120,21 +121,21 @@ def load_backbone_weights(trunk: ResNetTrunk, path: Path) -> None:
     file) or does not hold exactly torchvision's resnet34 keys and shapes.
     """
     if not path.is_file():
-        raise FileNotFoundError(
+        raise NotFound(
             f"backbone weights {path}: file not found; fetch it with scripts/data/download_resnet34.sh "
             f"or train from random init (--backbone_weights none)"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle garbage, ...: all mean the same to the user
-        raise ValueError(f"backbone weights {path}: cannot be read as a torch state dict ({exc})") from exc
+        raise BadInput(f"backbone weights {path}: cannot be read as a torch state dict ({exc})") from exc
     if not isinstance(state, dict):
-        raise ValueError(f"backbone weights {path}: holds a {type(state).__name__}, expected a state dict")
+        raise BadInput(f"backbone weights {path}: holds a {type(state).__name__}, expected a state dict")
     expected = torchvision.models.resnet34().state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(
+        raise BadInput(
             f"backbone weights {path}: not a torchvision resnet34 state dict "
             f"(missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
@@ -143,7 +144,7 @@ def load_backbone_weights(trunk: ResNetTrunk, path: Path) -> None:
     own = trunk.state_dict()
     wrong = [k for k, v in trunk_state.items() if k in own and own[k].shape != v.shape]
     if wrong:
-        raise ValueError(
+        raise BadInput(
             f"backbone weights {path}: shapes do not fit this trunk at {wrong[:3]}; "
             f"ImageNet weights fit only the mlperf preset's ResNet-34 widths"
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ssd_ds.errors import BadInput
+
 
 @dataclass(frozen=True)
 class ExtraBlock:
@@ -161,5 +163,5 @@ MODEL_PRESETS = {"mlperf": mlperf, "cpu_small": cpu_small}
 def build_model_config(name: str, num_classes: int = 81) -> ModelConfig:
     """A preset by name, for a data set of `num_classes` classes (background included)."""
     if name not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
+        raise BadInput(f"unknown model preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
     return MODEL_PRESETS[name](num_classes=num_classes)

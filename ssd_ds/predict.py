@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ssd_ds.checkpoint import load_inference
 from ssd_ds.data.transforms import EvalTransform
+from ssd_ds.errors import BadInput, NotFound
 from ssd_ds.evaluate import detect_batch, inference_ops
 from ssd_ds.fileio import atomic_write
 from ssd_ds.postprocess import to_coco_results
@@ -34,10 +35,10 @@ def find_images(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such image or directory")
+        raise NotFound(f"{path}: no such image or directory")
     images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise ValueError(f"{path}: no .jpg, .jpeg or .png file in it")
+        raise BadInput(f"{path}: no .jpg, .jpeg or .png file in it")
     return images
 
 

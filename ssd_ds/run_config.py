@@ -5,77 +5,85 @@ values, its DeepSpeed JSON named among them, are one file in `configs/systems/` 
 model on the built-in synthetic data set in minutes. The DeepSpeed JSON holds the engine settings only
 (ssd_ds.ds_config).
 
-Every field is a flag, typed by its annotation and documented by its comment below (`--help` prints both, with the
-chosen preset's value). A run's resolved config is saved as `<run_dir>/config.json`; `--config FILE` starts from
-such a file, and flags given beside it apply on top: `--config runs/demo/config.json --run_dir runs/again`. A file
-may hold only some fields (`configs/systems/*.json`): the others come from the preset it names.
+Every field is a flag, typed by its annotation and documented by the help text beside its default (`--help` prints
+both, with the chosen preset's value). A run's resolved config is saved as `<run_dir>/config.json`; `--config FILE`
+starts from such a file, and flags given beside it apply on top: `--config runs/demo/config.json --run_dir runs/again`.
+A file may hold only some fields (`configs/systems/*.json`): the others come from the preset it names.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import io
 import json
-import tokenize
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from ssd_ds.errors import BadInput
 from ssd_ds.fileio import atomic_write, read_json
 from ssd_ds.schedule import EvalSchedule
+
+
+def flag(default, help: str):
+    """A RunConfig field: its default and its one-line `--help` text."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class RunConfig:
     """Everything a run needs besides the DeepSpeed JSON; saved resolved in the run directory."""
 
-    preset: str = "demo"  # name of the preset these values started from
-    model: str = "cpu_small"  # model preset: mlperf (SSD300, ResNet-34) or cpu_small (ssd_ds.model_config)
-    backbone_weights: str | None = None  # torchvision resnet34 file, "imagenet" (hub cache) or None (random init)
-    data: str = "data/synthetic"  # COCO-laid-out dataset directory
-    synthetic: bool = True  # generate the synthetic data set at `data` when it is absent
-    deepspeed_config: str = "ds_configs/cpu_fp32.json"  # engine settings: batch, accumulation, precision
-    run_dir: str = "runs/demo"  # checkpoints, logs, TensorBoard, resolved config
-    new_run_dir: bool = False  # run_dir holds a previous run: False refuses, True takes the next free run_dir-<k>
-    seed: int = 1  # data order, augmentation and init
-    epochs: int = 12  # maximum epochs; the run stops earlier at the target
-    lr_per_32: float = 3.2e-3  # LR per 32 images: base LR = 2.5e-3 * round(lr_per_32 / 2.5e-3 * global_batch / 32)
-    momentum: float = 0.9  # SGD momentum (SPEC section 7)
-    weight_decay: float = 1.3e-4  # on all parameters (SPEC section 7)
-    warmup_iters: int = 650  # linear warmup length in iterations, from factor 0
-    warmup_factor: float = 0.0  # LR fraction at iteration 0 of the warmup (logged; SPEC uses 0)
-    decay_epochs: tuple[int, ...] = (44, 55)  # x decay_factor once this many epochs are complete
-    decay_factor: float = 0.1  # LR multiplier at each boundary
-    eval_epochs: tuple[int, ...] = (40, 50, 55)  # evaluate after these epochs (1-based) ...
-    eval_every: int = 5  # ... and every this many epochs after the last one
-    target_map: float = 0.23  # stop when COCO AP reaches this
-    eval_batch: int = 64  # images per rank per evaluation batch
-    coco_eval: str = "faster"  # COCOeval backend: faster (faster-coco-eval, C++) or pycocotools (the reference)
-    workers: int = 4  # DataLoader worker processes per rank
-    loader_timeout: float = 300.0  # seconds any one training batch may take the workers before the run fails (0: none)
-    threads: int = 0  # torch intra-op threads per rank (0: leave torch's default)
-    compile: str = "auto"  # torch.compile of model+loss: auto (on for CUDA), on, off
-    kernels: str = "auto"  # loss/decode/encode backend: auto (triton on CUDA), torch, triton
-    input: str = "auto"  # decode+augment images: in the loader workers (cpu) or batched on the device (auto: on CUDA)
-    encode_on_device: str = "auto"  # match+encode boxes on the device (auto: on CUDA) instead of in the loader workers
-    warm_up: str = "auto"  # compile/autotune on synthetic data before run_start: auto (compiled or CUDA), on, off
-    compile_cache: str | None = None  # file of torch.compile cache artifacts: loaded before the warm-up, saved after
-    max_boxes: int = 128  # boxes per image shipped raw when encoding on the device (COCO 2017 train has <= 93)
-    channels_last: bool = True  # NHWC activations (faster convolutions on GPUs and on oneDNN CPUs)
-    checkpoint_every: int = 0  # also checkpoint every this many iterations (0: only at epoch ends)
-    keep_checkpoints: int = 2  # checkpoints kept on disk
-    log_every: int = 10  # iterations between loss logging / finiteness checks / eval polls
-    eval_images_to_draw: int = 4  # validation images with predicted boxes sent to TensorBoard
-    max_iters: int = 0  # stop after this many iterations in all (0: no limit); for tests and benchmarks
-    division: str = "closed"  # MLPerf division logged: closed only for the benchmark's own schedule
-    submission_platform: str = "unknown"  # MLPerf submission_platform
-    dist_timeout: float = 600.0  # seconds any collective or the rendezvous may wait before the run fails
-    progress: bool = True  # progress bar on rank 0
-    resume: str | None = None  # "auto" (latest in run_dir), a checkpoint directory, or None
-    eval_only: bool = False  # evaluate the resumed checkpoint (on all ranks, sharded) and exit
+    preset: str = flag("demo", "name of the preset these values started from")
+    model: str = flag("cpu_small", "model preset: mlperf (SSD300, ResNet-34) or cpu_small (ssd_ds.model_config)")
+    backbone_weights: str | None = flag(None, 'torchvision resnet34 file, "imagenet" (hub cache) or None (random init)')
+    data: str = flag("data/synthetic", "COCO-laid-out dataset directory")
+    synthetic: bool = flag(True, "generate the synthetic data set at `data` when it is absent")
+    deepspeed_config: str = flag("ds_configs/cpu_fp32.json", "engine settings: batch, accumulation, precision")
+    run_dir: str = flag("runs/demo", "checkpoints, logs, TensorBoard, resolved config")
+    new_run_dir: bool = flag(False, "run_dir holds a previous run: False refuses, True takes the next free run_dir-<k>")
+    seed: int = flag(1, "data order, augmentation and init")
+    epochs: int = flag(12, "maximum epochs; the run stops earlier at the target")
+    lr_per_32: float = flag(
+        3.2e-3, "LR per 32 images: base LR = 2.5e-3 * round(lr_per_32 / 2.5e-3 * global_batch / 32)")
+    momentum: float = flag(0.9, "SGD momentum (SPEC section 7)")
+    weight_decay: float = flag(1.3e-4, "on all parameters (SPEC section 7)")
+    warmup_iters: int = flag(650, "linear warmup length in iterations, from factor 0")
+    warmup_factor: float = flag(0.0, "LR fraction at iteration 0 of the warmup (logged; SPEC uses 0)")
+    decay_epochs: tuple[int, ...] = flag((44, 55), "x decay_factor once this many epochs are complete")
+    decay_factor: float = flag(0.1, "LR multiplier at each boundary")
+    eval_epochs: tuple[int, ...] = flag((40, 50, 55), "evaluate after these epochs (1-based) ...")
+    eval_every: int = flag(5, "... and every this many epochs after the last one")
+    target_map: float = flag(0.23, "stop when COCO AP reaches this")
+    eval_batch: int = flag(64, "images per rank per evaluation batch")
+    coco_eval: str = flag("faster", "COCOeval backend: faster (faster-coco-eval, C++) or pycocotools (the reference)")
+    workers: int = flag(4, "DataLoader worker processes per rank")
+    loader_timeout: float = flag(
+        300.0, "seconds any one training batch may take the workers before the run fails (0: none)")
+    threads: int = flag(0, "torch intra-op threads per rank (0: leave torch's default)")
+    compile: str = flag("auto", "torch.compile of model+loss: auto (on for CUDA), on, off")
+    kernels: str = flag("auto", "loss/decode/encode backend: auto (triton on CUDA), torch, triton")
+    input: str = flag(
+        "auto", "decode+augment images: in the loader workers (cpu) or batched on the device (auto: on CUDA)")
+    encode_on_device: str = flag(
+        "auto", "match+encode boxes on the device (auto: on CUDA) instead of in the loader workers")
+    warm_up: str = flag("auto", "compile/autotune on synthetic data before run_start: auto (compiled or CUDA), on, off")
+    compile_cache: str | None = flag(
+        None, "file of torch.compile cache artifacts: loaded before the warm-up, saved after")
+    max_boxes: int = flag(128, "boxes per image shipped raw when encoding on the device (COCO 2017 train has <= 93)")
+    channels_last: bool = flag(True, "NHWC activations (faster convolutions on GPUs and on oneDNN CPUs)")
+    checkpoint_every: int = flag(0, "also checkpoint every this many iterations (0: only at epoch ends)")
+    keep_checkpoints: int = flag(2, "checkpoints kept on disk")
+    log_every: int = flag(10, "iterations between loss logging / finiteness checks / eval polls")
+    eval_images_to_draw: int = flag(4, "validation images with predicted boxes sent to TensorBoard")
+    max_iters: int = flag(0, "stop after this many iterations in all (0: no limit); for tests and benchmarks")
+    division: str = flag("closed", "MLPerf division logged: closed only for the benchmark's own schedule")
+    submission_platform: str = flag("unknown", "MLPerf submission_platform")
+    dist_timeout: float = flag(600.0, "seconds any collective or the rendezvous may wait before the run fails")
+    progress: bool = flag(True, "progress bar on rank 0")
+    resume: str | None = flag(None, '"auto" (latest in run_dir), a checkpoint directory, or None')
+    eval_only: bool = flag(False, "evaluate the resumed checkpoint (on all ranks, sharded) and exit")
 
     def save(self, path: Path) -> None:
         """Write the resolved config as JSON, atomically."""
@@ -138,20 +146,6 @@ _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "fals
 
 
 @cache
-def field_help() -> dict[str, str]:
-    """Each field's one-line comment in the RunConfig source above, the one place it is written: the flag's help."""
-    found = {}
-    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(RunConfig)).readline)
-    names: dict[int, str] = {}  # line -> the field declared on it
-    for tok in tokens:
-        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.start[0] not in names:
-            names[tok.start[0]] = tok.string
-        elif tok.type == tokenize.COMMENT and tok.start[0] in names:
-            found[names[tok.start[0]]] = tok.string.lstrip("# ").strip()
-    return found
-
-
-@cache
 def field_types() -> dict[str, type]:
     return typing.get_type_hints(RunConfig)
 
@@ -179,7 +173,7 @@ def parse_value(name: str, value):
     except (ValueError, TypeError, KeyError):
         what = "a comma-separated list of " + typing.get_args(kind)[0].__name__ if typing.get_origin(kind) is tuple \
             else getattr(kind, "__name__", str(kind))
-        raise ValueError(f"--{name}: expected {what}{' or none' if optional else ''}, got {value!r}") from None
+        raise BadInput(f"--{name}: expected {what}{' or none' if optional else ''}, got {value!r}") from None
 
 
 def _metavar(name: str) -> str:
@@ -194,7 +188,7 @@ def _show(value) -> str:
 
 
 def build_parser(base: RunConfig | None = None) -> argparse.ArgumentParser:
-    """--preset, --config and one flag per field, its help the field's comment and its value in `base`."""
+    """--preset, --config and one flag per field, its help the field's help text and its value in `base`."""
     parser = argparse.ArgumentParser(description="Train SSD (MLPerf v0.7 SSD300-ResNet34) with DeepSpeed",
                                      usage="python -m ssd_ds.train [--preset P | --config FILE] [--FIELD VALUE ...]",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -205,14 +199,13 @@ def build_parser(base: RunConfig | None = None) -> argparse.ArgumentParser:
                         help="a run config to start from (a run's config.json, or some fields and the preset for the "
                              "rest: configs/systems/*.json); flags given beside it apply on top")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # DeepSpeed's launcher
-    helps = field_help()
     for f in dataclasses.fields(RunConfig):
         if f.name == "preset":
             continue
         shown = f" [{base.preset}: {_show(getattr(base, f.name))}]" if base is not None else ""
         choices = f" ({'|'.join(CHOICES[f.name])})" if f.name in CHOICES else ""
         parser.add_argument(f"--{f.name}", type=str, default=argparse.SUPPRESS, metavar=_metavar(f.name),
-                            help=f"{helps.get(f.name, '')}{choices}{shown}".replace("%", "%%"))
+                            help=f"{f.metadata['help']}{choices}{shown}".replace("%", "%%"))
     return parser
 
 
@@ -222,19 +215,19 @@ def from_file(path: str) -> RunConfig:
     file."""
     data = read_json(path, "run config")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a run config is a JSON object, got {type(data).__name__}")
+        raise BadInput(f"{path}: a run config is a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(RunConfig)})
     if unknown:
-        raise ValueError(f"{path}: unknown fields {unknown} (flags are listed by --help)")
+        raise BadInput(f"{path}: unknown fields {unknown} (flags are listed by --help)")
     preset = data.get("preset", "demo")
     if preset not in PRESETS:
-        raise ValueError(f"{path}: unknown preset {preset!r} (one of {sorted(PRESETS)})")
+        raise BadInput(f"{path}: unknown preset {preset!r} (one of {sorted(PRESETS)})")
     cfg = PRESETS[preset]()
     for name, value in data.items():
         try:
             setattr(cfg, name, parse_value(name, value) if name != "preset" else value)
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+            raise BadInput(f"{path}: {exc}") from None
     return cfg
 
 
@@ -244,7 +237,7 @@ def config_from_args(argv: list[str] | None = None) -> RunConfig:
     if first.config is not None:
         cfg = from_file(first.config)
         if first.preset is not None and first.preset != cfg.preset:
-            raise ValueError(f"--preset {first.preset} and --config {first.config} (preset {cfg.preset}): give one")
+            raise BadInput(f"--preset {first.preset} and --config {first.config} (preset {cfg.preset}): give one")
     else:
         cfg = PRESETS[first.preset or "demo"]()
     args = build_parser(cfg).parse_args(argv)  # this time with --help showing the values it starts from
@@ -259,14 +252,14 @@ def validate(cfg: RunConfig) -> None:
     """Reject settings that cannot work, with the field named."""
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
-            raise ValueError(f"--{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+            raise BadInput(f"--{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
     if cfg.epochs < 1 or cfg.eval_every < 1 or cfg.log_every < 1:
-        raise ValueError("--epochs, --eval_every and --log_every must be >= 1")
+        raise BadInput("--epochs, --eval_every and --log_every must be >= 1")
     if not 1 <= cfg.max_boxes <= 256:
-        raise ValueError(f"--max_boxes must be in 1..256 (the encode kernel's tile), got {cfg.max_boxes}")
+        raise BadInput(f"--max_boxes must be in 1..256 (the encode kernel's tile), got {cfg.max_boxes}")
     if cfg.input == "device" and cfg.encode_on_device == "off":
-        raise ValueError("--input device leaves the boxes to the device: --encode_on_device must be auto or on")
+        raise BadInput("--input device leaves the boxes to the device: --encode_on_device must be auto or on")
     if cfg.eval_only and cfg.resume is None:
-        raise ValueError("--eval_only needs --resume auto|PATH: a checkpoint to evaluate")
+        raise BadInput("--eval_only needs --resume auto|PATH: a checkpoint to evaluate")
     if list(cfg.decay_epochs) != sorted(cfg.decay_epochs):
-        raise ValueError(f"--decay_epochs must be increasing, got {cfg.decay_epochs}")
+        raise BadInput(f"--decay_epochs must be increasing, got {cfg.decay_epochs}")

@@ -15,6 +15,7 @@ from mlperf_logging.mllog import constants as mllog_keys
 
 from ssd_ds import checkpoint
 from ssd_ds.distributed import barrier, broadcast_from_rank0
+from ssd_ds.errors import BadInput
 from ssd_ds.mlperf_log import LOG_NAME, log_records
 from ssd_ds.run_config import RunConfig
 
@@ -72,7 +73,7 @@ def open_run_dir(cfg: RunConfig, rank: int) -> tuple[Path, tuple[Path, str] | No
     run_dir the chosen directory. `cfg` is left as given: a caller that keeps the config uses the returned path."""
     chosen, error = broadcast_from_rank0(choose_run_dir(cfg) if rank == 0 else None)
     if error:
-        raise ValueError(error)
+        raise BadInput(error)
     run_dir = Path(chosen)
     resume_from = checkpoint.find_resume(cfg.resume, run_dir / "checkpoints")
     if rank == 0:

@@ -27,6 +27,7 @@ from ssd_ds.data.synthetic import ensure_synthetic
 from ssd_ds.data.transforms import EvalTransform, TrainTransform
 from ssd_ds.distributed import barrier, init_distributed, setup_process_env
 from ssd_ds.engine import RunState, TrainingRun, evaluate_only, train
+from ssd_ds.errors import BadInput
 from ssd_ds.evaluate import BackgroundEvaluator
 from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, RESUMED_FROM, open_run_log
@@ -47,8 +48,8 @@ def check_box_counts(dataset: CocoDetection, max_boxes: int) -> None:
     most = max(dataset.records, key=lambda rec: len(rec.labels))
     if len(most.labels) > max_boxes:
         n = len(most.labels)
-        raise ValueError(f"{dataset.ann_file}: image {most.image_id} has {n} boxes, more than --max_boxes {max_boxes} "
-                         f"(boxes per image encoded on the device); pass --max_boxes {n} or more (at most 256)")
+        raise BadInput(f"{dataset.ann_file}: image {most.image_id} has {n} boxes, more than --max_boxes {max_boxes} "
+                       f"(boxes per image encoded on the device); pass --max_boxes {n} or more (at most 256)")
 
 
 def input_on_device(cfg: RunConfig, device: torch.device) -> tuple[bool, bool]:
@@ -111,8 +112,8 @@ def main(argv: list[str] | None = None) -> RunState:
                                       timeout=cfg.loader_timeout)
     iters_per_epoch = len(train_loader) // plan.accumulation
     if iters_per_epoch < 1:
-        raise ValueError(f"{cfg.data}: {len(train_set)} training images give no full global batch of "
-                         f"{plan.global_batch}")
+        raise BadInput(f"{cfg.data}: {len(train_set)} training images give no full global batch of "
+                       f"{plan.global_batch}")
     eval_loader = build_eval_loader(val_set, rank, world, cfg.eval_batch, cfg.workers, pin_memory=pin)
     size, anchors = model_cfg.input_size, model_cfg.anchors.num_anchors
     # uint8 pixels (a JPEG's bytes are fewer), boxes, and targets when the workers encode
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> RunState:
         mlperf.event(RESUMED_FROM, str(resume_from[0] / resume_from[1]),
                      metadata={"epoch": state.epoch, "iteration": state.iteration})
     elif cfg.eval_only:
-        raise ValueError(f"{run_dir / 'checkpoints'}: no checkpoint to evaluate (--resume {cfg.resume})")
+        raise BadInput(f"{run_dir / 'checkpoints'}: no checkpoint to evaluate (--resume {cfg.resume})")
     if cfg.warm_up == "on" or (cfg.warm_up == "auto" and (built.compiled or device.type == "cuda")):
         if cfg.compile_cache and load_compile_cache(cfg.compile_cache):
             log.info("torch.compile cache artifacts loaded from %s", cfg.compile_cache)

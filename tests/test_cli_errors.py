@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import ssd_ds
-from ssd_ds.cli import USER_ERROR_EXIT, is_user_error, run_cli
+from ssd_ds.cli import USER_ERROR_EXIT, run_cli
+from ssd_ds.errors import AlreadyExists, BadInput, LoaderStalled, LoaderWorkerDied, NotFound
 from tests.helpers import CPU_TEST_CONFIG, REPO, env, free_port, train_args
 
 
@@ -113,22 +113,55 @@ def test_a_bug_keeps_its_traceback():
     assert proc.stderr.rstrip().endswith("LinAlgError: Singular matrix"), proc.stderr
 
 
-def _raised(source: str, filename: Path) -> BaseException:
-    try:
-        exec(compile(source, str(filename), "exec"), {})
-    except BaseException as exc:  # noqa: BLE001 (the test inspects whatever was raised)
-        return exc
-    raise AssertionError(f"{source!r} raised nothing")
+USER_ERRORS = [(BadInput, ValueError), (NotFound, FileNotFoundError), (AlreadyExists, FileExistsError),
+               (LoaderStalled, TimeoutError), (LoaderWorkerDied, ChildProcessError)]
 
 
-def test_user_error_is_a_raise_statement_in_our_code(tmp_path):
-    ours = Path(ssd_ds.__file__).parent / "not_a_module.py"  # only the name matters: nothing is written there
-    assert is_user_error(_raised("raise ValueError('x.json: malformed')", ours))
-    assert is_user_error(_raised("raise FileNotFoundError('data: not found')", ours))
-    assert not is_user_error(_raised("int('x')", ours))  # a builtin's ValueError in our frame: a bug
-    assert not is_user_error(_raised("raise KeyError('x')", ours))  # not a user-error class
-    assert not is_user_error(_raised("raise RuntimeError('x')", ours))
-    assert not is_user_error(_raised("raise ValueError('x')", tmp_path / "elsewhere.py"))  # not our code
+@pytest.mark.parametrize("user_error, builtin", USER_ERRORS)
+def test_a_user_error_is_one_line_and_exit_2(user_error, builtin, monkeypatch, capsys):
+    monkeypatch.delenv("SSD_DS_DEBUG", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    def main(argv):
+        raise user_error("x.json: malformed")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main)
+    assert exit_.value.code == USER_ERROR_EXIT
+    assert capsys.readouterr().err == "error: x.json: malformed\n"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit):
+        run_cli(main)
+    assert capsys.readouterr().err == "[rank1]: error: x.json: malformed\n"
+
+
+@pytest.mark.parametrize("user_error, builtin", USER_ERRORS)
+def test_each_user_error_is_still_its_builtin_error(user_error, builtin):
+    """`except ValueError` / `except FileNotFoundError` around our calls catch them as before."""
+    with pytest.raises(builtin, match="x.json: malformed"):
+        raise user_error("x.json: malformed")
+    # A DataLoader worker's exception is raised again in the main process as `type(exc)(message)`.
+    assert str(user_error("x.json: malformed")) == "x.json: malformed"
+
+
+def _builtin_value_error(argv):
+    int("x")
+
+
+def _key_error(argv):
+    {}["key"]
+
+
+def _plain_value_error(argv):
+    raise ValueError("x.json: malformed")  # what it says does not matter: only a UserError is the user's
+
+
+@pytest.mark.parametrize("main", [_builtin_value_error, _key_error, _plain_value_error])
+def test_any_other_error_leaves_run_cli_with_its_traceback(main, monkeypatch):
+    monkeypatch.delenv("SSD_DS_DEBUG", raising=False)
+    with pytest.raises((ValueError, KeyError)):  # not SystemExit: Python prints the traceback and exits 1
+        run_cli(main)
 
 
 def test_run_cli_exit_status_and_debug(monkeypatch, capsys):

@@ -18,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ssd_ds.errors import BadInput, NotFound
 from ssd_ds.fileio import atomic_open, read_json
 
 TRAIN_IMAGE_KEYS = ("id", "file_name", "height", "width")
@@ -34,7 +35,7 @@ def load_json(path: str | Path) -> dict:
     """A JSON object from path; malformed or non-object JSON raises ValueError naming the file."""
     doc = read_json(path, "annotation file")
     if not (isinstance(doc, dict) and all(isinstance(doc.get(k), list) for k in ("images", "annotations"))):
-        raise ValueError(f"{path}: not a COCO instances file (need an object with 'images' and 'annotations' lists)")
+        raise BadInput(f"{path}: not a COCO instances file (need an object with 'images' and 'annotations' lists)")
     return doc
 
 
@@ -44,7 +45,7 @@ def _project(records: list[dict], keys: tuple[str, ...], what: str, source: str 
     for record in records:
         missing = [k for k in keys if k not in record]
         if missing:
-            raise ValueError(f"{source}: {what} {record.get('id', '?')} lacks {missing}")
+            raise BadInput(f"{source}: {what} {record.get('id', '?')} lacks {missing}")
         out.append({k: record[k] for k in keys})
     return out
 
@@ -78,7 +79,7 @@ def write_bbox_only(annotations_dir: str | Path) -> list[Path]:
     for split in SPLITS:
         src = Path(annotations_dir) / f"instances_{split}.json"
         if not src.is_file():
-            raise FileNotFoundError(f"{src}: no such annotation file")
+            raise NotFound(f"{src}: no such annotation file")
         doc = load_json(src)
         out = bbox_only_train(doc, src) if split.startswith("train") else bbox_only_val(doc)
         dst = bbox_only_path(annotations_dir, split)

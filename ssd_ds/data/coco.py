@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ssd_ds.errors import BadInput, NotFound
 from ssd_ds.fileio import read_json
 
 log = logging.getLogger(__name__)
@@ -101,11 +102,11 @@ def annotation_file(root: Path, split: str) -> Path:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     ann_dir = root / "annotations"
     if not ann_dir.is_dir():
-        raise FileNotFoundError(f"{ann_dir}: annotations directory not found (is {root} a COCO-laid-out dataset?)")
+        raise NotFound(f"{ann_dir}: annotations directory not found (is {root} a COCO-laid-out dataset?)")
     for name in (f"bbox_only_instances_{split}2017.json", f"instances_{split}2017.json"):
         if (ann_dir / name).is_file():
             return ann_dir / name
-    raise FileNotFoundError(f"{ann_dir / f'instances_{split}2017.json'}: annotation file not found")
+    raise NotFound(f"{ann_dir / f'instances_{split}2017.json'}: annotation file not found")
 
 
 def load_json(path: Path) -> dict:
@@ -113,7 +114,7 @@ def load_json(path: Path) -> dict:
     data = read_json(path, "annotation file")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or key not in data:
-            raise ValueError(f"{path}: not a COCO instances file (no '{key}' list)")
+            raise BadInput(f"{path}: not a COCO instances file (no '{key}' list)")
     return data
 
 
@@ -137,7 +138,7 @@ def _entries(data: dict, key: str, source: str | Path) -> list:
     """data[key], which must be a list; anything else is not a COCO instances file."""
     entries = data.get(key)
     if not isinstance(entries, list):
-        raise ValueError(f"{source}: not a COCO instances file ('{key}' is {type(entries).__name__}, not a list)")
+        raise BadInput(f"{source}: not a COCO instances file ('{key}' is {type(entries).__name__}, not a list)")
     return entries
 
 
@@ -148,11 +149,11 @@ def _index_by_id(entries: list, what: str, source: str | Path) -> dict[int, dict
     index_of: dict[int, int] = {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise ValueError(f"{source}: {what}[{i}] is {type(entry).__name__}, not an object")
+            raise BadInput(f"{source}: {what}[{i}] is {type(entry).__name__}, not an object")
         if not _is_id(entry.get("id")):
-            raise ValueError(f"{source}: {what}[{i}] has no integer id (id={entry.get('id')!r})")
+            raise BadInput(f"{source}: {what}[{i}] has no integer id (id={entry.get('id')!r})")
         if entry["id"] in by_id:
-            raise ValueError(f"{source}: {what}[{i}] repeats id {entry['id']} of {what}[{index_of[entry['id']]}]")
+            raise BadInput(f"{source}: {what}[{i}] repeats id {entry['id']} of {what}[{index_of[entry['id']]}]")
         by_id[entry["id"]], index_of[entry["id"]] = entry, i
     return by_id
 
@@ -161,11 +162,11 @@ def _check_image(img: dict, source: str | Path) -> None:
     """An image entry needs a file name and a positive size that float32 boxes can address."""
     name = img.get("file_name")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{source}: image {img['id']} has no file_name (file_name={name!r})")
+        raise BadInput(f"{source}: image {img['id']} has no file_name (file_name={name!r})")
     for key in ("width", "height"):
         size = img.get(key)
         if not (_is_finite_number(size) and 0 < size <= MAX_IMAGE_SIDE):
-            raise ValueError(f"{source}: image {img['id']} has {key}={size!r}, not a number in (0, {MAX_IMAGE_SIDE}]")
+            raise BadInput(f"{source}: image {img['id']} has {key}={size!r}, not a number in (0, {MAX_IMAGE_SIDE}]")
 
 
 def _malformation(ann) -> str | None:
@@ -201,7 +202,7 @@ def parse_coco(
     counted under its reason, as degenerate boxes always were, since merged and edited sets carry such rows.
     """
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: not a COCO instances file (a {type(data).__name__}, not an object)")
+        raise BadInput(f"{source}: not a COCO instances file (a {type(data).__name__}, not an object)")
     annotations = _entries(data, "annotations", source)
     category_ids = list(_index_by_id(_entries(data, "categories", source), "categories", source))
     category_to_label = {cid: i + 1 for i, cid in enumerate(category_ids)}
@@ -289,10 +290,10 @@ class CocoDetection(torch.utils.data.Dataset):
         """`decode=False`: samples carry the file's bytes and size (`read_image_bytes`) for the device to decode."""
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"{root}: dataset directory not found")
+            raise NotFound(f"{root}: dataset directory not found")
         self.image_dir = root / f"{split}2017"
         if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"{self.image_dir}: image directory not found")
+            raise NotFound(f"{self.image_dir}: image directory not found")
         self.ann_file = annotation_file(root, split)
         data = load_json(self.ann_file)
         self.records, self.label_to_category, self.stats = parse_coco(data, self.image_dir, self.ann_file)
@@ -300,7 +301,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.class_names = ["background"] + [names[self.label_to_category[label]]
                                              for label in range(1, len(self.label_to_category) + 1)]
         if not self.records:
-            raise ValueError(f"{self.ann_file}: no image with a usable box")
+            raise BadInput(f"{self.ann_file}: no image with a usable box")
         self.num_classes = len(self.label_to_category) + 1  # + background
         self.transform = transform
         self.skip_to_next = skip_to_next

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssd_ds.data.batch import Batch, collate_train
+from ssd_ds.errors import LoaderStalled, LoaderWorkerDied, UserError
 
 PREFETCH_FACTOR = 2  # batches each worker keeps ready: enough to hide a slow JPEG, and each one sits in /dev/shm
 
@@ -119,18 +120,18 @@ def build_train_loader(
     )
 
 
-def loader_failure(exc: RuntimeError, data: str, timeout: float) -> Exception | None:
+def loader_failure(exc: RuntimeError, data: str, timeout: float) -> UserError | None:
     """The one-line error for a DataLoader's worker failure (None for any other RuntimeError): a batch that did not
     come within `timeout`, or a worker that died. torch raises the latter from `next()` or, through its SIGCHLD
     handler, from wherever the main thread is, so the training loop converts it as well."""
     if "DataLoader timed out" in str(exc):
-        return TimeoutError(
+        return LoaderStalled(
             f"{data}: no training batch from the loader workers in {timeout:g} s (--loader_timeout): a worker is "
             f"stuck reading a file, or cannot pass its batch (too few file descriptors? ulimit -n says how many; too "
             f"little /dev/shm?); the workers' warnings above say which")
     if "DataLoader worker" in str(exc):  # "... (pid(s) N) exited unexpectedly", "... is killed by signal: Killed."
-        return ChildProcessError(f"{data}: {exc} (out of memory? dmesg says; fewer --workers or a smaller micro-batch "
-                                 f"need less)")
+        return LoaderWorkerDied(f"{data}: {exc} (out of memory? dmesg says; fewer --workers or a smaller micro-batch "
+                                f"need less)")
     return None
 
 

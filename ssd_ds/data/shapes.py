@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from ssd_ds.errors import BadInput
+
 Box = tuple[int, int, int, int]  # (x, y, w, h) in pixels, the COCO bbox order
 
 
@@ -69,11 +71,11 @@ class DrawParams:
 
     def __post_init__(self) -> None:
         if not 16 <= self.min_size <= self.max_size:
-            raise ValueError(f"need 16 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
+            raise BadInput(f"need 16 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
         if not 0 < self.min_object <= self.max_object <= 1:
-            raise ValueError(f"need 0 < min_object <= max_object <= 1, got {self.min_object}, {self.max_object}")
+            raise BadInput(f"need 0 < min_object <= max_object <= 1, got {self.min_object}, {self.max_object}")
         if self.max_aspect < 1 or self.max_objects < 1:
-            raise ValueError(f"need max_aspect >= 1 and max_objects >= 1, got {self.max_aspect}, {self.max_objects}")
+            raise BadInput(f"need max_aspect >= 1 and max_objects >= 1, got {self.max_aspect}, {self.max_objects}")
 
 
 @dataclass(frozen=True)

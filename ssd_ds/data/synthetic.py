@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ssd_ds.data.shapes import CLASSES, DrawnObject, DrawParams, draw_image
+from ssd_ds.errors import AlreadyExists, BadInput
 from ssd_ds.fileio import atomic_write, read_json
 
 MANIFEST = "synthetic.json"
@@ -55,7 +56,7 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.num_train < 1 or self.num_val < 1:
-            raise ValueError(f"need at least one image per split, got train={self.num_train}, val={self.num_val}")
+            raise BadInput(f"need at least one image per split, got train={self.num_train}, val={self.num_val}")
 
     def to_json(self) -> dict:
         """The manifest: these fields plus the format version of the drawing code."""
@@ -198,7 +199,7 @@ def generate(
     cfg = _config(num_train, num_val, seed, min_size, max_size)
     root = Path(out_dir)
     if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"{root} exists and is not empty; remove it or choose another directory")
+        raise AlreadyExists(f"{root} exists and is not empty; remove it or choose another directory")
     root.parent.mkdir(parents=True, exist_ok=True)
     # A sibling, so the final rename stays on one filesystem and is atomic.
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
@@ -208,7 +209,7 @@ def generate(
         try:
             os.rename(tmp, root)  # replaces an empty directory; fails if another writer finished first
         except OSError as exc:
-            raise FileExistsError(f"{root} appeared while generating; not replacing it") from exc
+            raise AlreadyExists(f"{root} appeared while generating; not replacing it") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -237,13 +238,13 @@ def ensure_synthetic(
             return generate(root, num_train, num_val, seed, min_size=min_size, max_size=max_size, workers=workers)
         except FileExistsError:
             if not is_complete(root):  # not a concurrent writer that won the race: a foreign or broken directory
-                raise FileExistsError(
+                raise AlreadyExists(
                     f"{root} exists but is not a complete synthetic dataset (no {MANIFEST} or missing files); "
                     f"remove it to regenerate"
                 ) from None
     found = read_manifest(root)
     if found != wanted:
-        raise ValueError(f"{root} holds a synthetic dataset made with {found}, not the requested {wanted}")
+        raise BadInput(f"{root} holds a synthetic dataset made with {found}, not the requested {wanted}")
     return root
 
 

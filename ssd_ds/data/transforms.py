@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 
 from ssd_ds.box_coder import BoxCoder
 from ssd_ds.data.batch import TrainSample
+from ssd_ds.errors import BadInput
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics (SPEC section 5)
 STD = (0.229, 0.224, 0.225)
@@ -106,8 +107,8 @@ def window_pixels(window: tuple[float, float, float, float], width: int, height:
 def check_box_count(rec, count: int, max_boxes: int) -> None:
     """The device encodes at most `max_boxes` boxes an image: an augmented sample with more is an error naming it."""
     if count > max_boxes:
-        raise ValueError(f"{rec.path}: {count} boxes after augmentation, more than max_boxes {max_boxes}; "
-                         f"raise --max_boxes")
+        raise BadInput(f"{rec.path}: {count} boxes after augmentation, more than max_boxes {max_boxes}; "
+                       f"raise --max_boxes")
 
 
 def ssd_random_crop(
