@@ -38,8 +38,8 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg
 
 from ssd_ds.data.batch import Batch, pad_boxes
 from ssd_ds.data.coco import ImageRecord
-from ssd_ds.data.transforms import (CONTRAST, HUE, SATURATION, apply_crop, check_box_count, draw_augmentation,
-                                   window_pixels)
+from ssd_ds.data.transforms import (CONTRAST, CROP_MAX_SAMPLES, HUE, SATURATION, apply_crop, check_box_count,
+                                   draw_augmentation, window_pixels)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class CompressedTrainTransform:
 
     As TrainTransform without a coder, at most `max_boxes` boxes an image (the device encoder's limit)."""
 
-    def __init__(self, max_crop_samples: int = 1, max_boxes: int = 128):
+    def __init__(self, max_crop_samples: int = CROP_MAX_SAMPLES, max_boxes: int = 128):
         self.max_crop_samples = max_crop_samples
         self.max_boxes = max_boxes
 

@@ -36,6 +36,7 @@ STD = (0.229, 0.224, 0.225)
 CROP_MODES: tuple[float | None, ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9, float("-inf"))
 CROP_MIN_SIDE = 0.3  # w, h ~ U(0.3, 1) of the image
 CROP_MAX_ASPECT = 2.0  # reject w/h outside [0.5, 2]
+CROP_MAX_SAMPLES = 1  # candidates per drawn mode (the reference's 50 is also legal); MLPerf logs it as max_samples
 FLIP_P = 0.5  # SPEC section 5: horizontal flip probability
 # SPEC section 5's colour jitter, with torchvision's semantics: its make_params draws the op order and the factors
 # (brightness U(0.875, 1.125), contrast and saturation U(0.5, 1.5), hue U(-0.05, 0.05)); nothing calls its forward.
@@ -57,7 +58,8 @@ def _uniform(low: float, high: float) -> float:
     return low + (high - low) * torch.rand(()).item()
 
 
-def try_crop(boxes_rel: torch.Tensor, min_iou: float, max_samples: int = 1) -> tuple[float, float, float, float] | None:
+def try_crop(boxes_rel: torch.Tensor, min_iou: float,
+             max_samples: int = CROP_MAX_SAMPLES) -> tuple[float, float, float, float] | None:
     """Up to `max_samples` candidate windows (l, t, r, b) for one mode; the first acceptable one, or None.
 
     Acceptable: aspect w/h in [0.5, 2], every box's IoU with the window > min_iou, some box centre strictly inside.
@@ -76,7 +78,8 @@ def try_crop(boxes_rel: torch.Tensor, min_iou: float, max_samples: int = 1) -> t
     return None
 
 
-def ssd_crop_window(boxes_rel: torch.Tensor, max_samples: int = 1) -> tuple[float, float, float, float] | None:
+def ssd_crop_window(boxes_rel: torch.Tensor,
+                    max_samples: int = CROP_MAX_SAMPLES) -> tuple[float, float, float, float] | None:
     """Draw a crop window relative to the image per SPEC section 5, or None for "keep the whole image".
 
     boxes_rel [G,4] relative ltrb. Draws a mode uniformly; on rejection of its candidates draws a new mode.
@@ -99,7 +102,7 @@ class AugmentationDraw(NamedTuple):
     colour_order: torch.Tensor  # [4] int64 op ids, in the order the colour ops apply
 
 
-def draw_augmentation(boxes_rel: torch.Tensor, max_crop_samples: int = 1) -> AugmentationDraw:
+def draw_augmentation(boxes_rel: torch.Tensor, max_crop_samples: int = CROP_MAX_SAMPLES) -> AugmentationDraw:
     """Every random parameter of one training sample (SPEC section 5), from torch's global RNG in the reference's
     order: the crop window, the flip, then the colour jitter's op order and factors. boxes_rel [G,4] relative ltrb:
     the crop's acceptance depends on them.
@@ -163,7 +166,8 @@ class TrainTransform:
     the device encodes (NVIDIA's GPU box encoder; triton_kernels/encode.py), which takes at most `max_boxes` boxes
     an image."""
 
-    def __init__(self, input_size: int, coder: BoxCoder | None, max_crop_samples: int = 1, max_boxes: int = 128):
+    def __init__(self, input_size: int, coder: BoxCoder | None, max_crop_samples: int = CROP_MAX_SAMPLES,
+                 max_boxes: int = 128):
         self.input_size = input_size
         self.coder = coder
         self.max_crop_samples = max_crop_samples
