@@ -26,7 +26,6 @@ from ssd_ds.errors import BadInput, NotFound
 
 BENCHMARK = keys.SSD
 ORG = "ssd_ds"
-CROP_MAX_SAMPLES = 1  # SPEC section 5: one crop candidate per draw (logged as max_samples)
 LOG_NAME = "mlperf.log"
 RESUMED_FROM = "ssd_ds_resumed_from"  # the first record of a continuation segment (not an MLPerf key)
 _SEGMENT = re.compile(r"mlperf\.segment(\d+)\.log")

@@ -24,13 +24,13 @@ from ssd_ds.data.device_input import (CompressedTrainTransform, DevicePreparatio
                                       should_decode_on_device)
 from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, check_shared_memory
 from ssd_ds.data.synthetic import ensure_synthetic
-from ssd_ds.data.transforms import EvalTransform, TrainTransform
+from ssd_ds.data.transforms import CROP_MAX_SAMPLES, EvalTransform, TrainTransform
 from ssd_ds.distributed import barrier, init_distributed, setup_process_env
 from ssd_ds.engine import RunState, TrainingRun, evaluate_only, train
 from ssd_ds.errors import BadInput
 from ssd_ds.evaluate import BackgroundEvaluator
 from ssd_ds.metrics import MetricsLogger
-from ssd_ds.mlperf_log import CROP_MAX_SAMPLES, RESUMED_FROM, open_run_log
+from ssd_ds.mlperf_log import RESUMED_FROM, open_run_log
 from ssd_ds.model import build_model
 from ssd_ds.model_config import build_model_config
 from ssd_ds.run_config import RunConfig, config_from_args

@@ -5,10 +5,9 @@ workers only read each file's bytes and its size from the header, and draw the a
 decodes the batch (nvJPEG on CUDA) and crops, resizes, flips and colour-jitters it with batched tensor ops. On CPU
 tensors the same code runs with CPU decoding, which is how it is tested.
 
-The parameters come from torch's global RNG (seeded per sample by CocoDetection) through the same calls, in the same
-order, as `TrainTransform`'s: the crop window (`ssd_crop_window`), the flip's `torch.rand(1)`, then ColorJitter's
-`make_params`. So one seed gives one augmentation on either path, and resuming is exact; both cut the crop at the
-same pixels (`transforms.window_pixels`). What differs, by design:
+The parameters come from torch's global RNG (seeded per sample by CocoDetection) through `TrainTransform`'s own
+draw, `transforms.draw_augmentation`: one seed gives one augmentation on either path, and resuming is exact; both cut
+the crop at the same pixels (`transforms.window_pixels`). What differs, by design:
 - the resize and the jitter run in float32 and round to uint8 once, where PIL rounds after the resize and truncates
   after each of its three blends (brightness, contrast, saturation), so the CPU path's images are about 1.4 grey
   levels darker on average; the jitter has torchvision's tensor semantics, whose hue shift is continuous where
@@ -36,16 +35,13 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg
-from torchvision.transforms import v2
 
 from ssd_ds.data.batch import Batch, pad_boxes
 from ssd_ds.data.coco import ImageRecord
-from ssd_ds.data.transforms import apply_crop, check_box_count, ssd_crop_window, window_pixels
+from ssd_ds.data.transforms import (CONTRAST, CROP_MAX_SAMPLES, HUE, SATURATION, apply_crop, check_box_count,
+                                   draw_augmentation, window_pixels)
 
 log = logging.getLogger(__name__)
-
-FLIP_P = 0.5  # SPEC section 5
-BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's op ids (its `fn_idx`) and our factor columns
 
 
 class CompressedSample(NamedTuple):
@@ -115,35 +111,31 @@ def is_progressive_jpeg(data: torch.Tensor) -> bool:
 
 
 class CompressedTrainTransform:
-    """((bytes, width, height), ImageRecord, skipped) -> CompressedSample: TrainTransform's random draws, no pixels.
+    """((bytes, width, height), ImageRecord, skipped) -> CompressedSample: TrainTransform's draw
+    (`draw_augmentation`), no pixels.
 
     As TrainTransform without a coder, at most `max_boxes` boxes an image (the device encoder's limit)."""
 
-    def __init__(self, max_crop_samples: int = 1, max_boxes: int = 128):
+    def __init__(self, max_crop_samples: int = CROP_MAX_SAMPLES, max_boxes: int = 128):
         self.max_crop_samples = max_crop_samples
         self.max_boxes = max_boxes
-        # Its make_params is the draw TrainTransform's ColorJitter makes (SPEC section 5's factors).
-        self.colour_jitter = v2.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05)
 
     def __call__(self, encoded: tuple[torch.Tensor, int, int], rec: ImageRecord, skipped: int = 0) -> CompressedSample:
         data, width, height = encoded
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
         boxes, labels = rec.boxes_ltrb / scale, rec.labels
-        window = ssd_crop_window(boxes, self.max_crop_samples)
-        if window is None:
+        draw = draw_augmentation(boxes, self.max_crop_samples)
+        if draw.window is None:
             window_px = (0, 0, width, height)
         else:
-            window_px = window_pixels(window, width, height)
-            boxes, labels = apply_crop(boxes, labels, window)
-        flip = bool(torch.rand(1) < FLIP_P)  # v2.RandomHorizontalFlip keeps the image when torch.rand(1) >= p
-        if flip:
+            window_px = window_pixels(draw.window, width, height)
+            boxes, labels = apply_crop(boxes, labels, draw.window)
+        if draw.flip:
             boxes = torch.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], dim=1)
-        params = self.colour_jitter.make_params([])
-        colour = torch.tensor([params["brightness_factor"], params["contrast_factor"], params["saturation_factor"],
-                               params["hue_factor"]], dtype=torch.float32)
         check_box_count(rec, len(labels), self.max_boxes)
+        colour = torch.tensor(draw.colour, dtype=torch.float32)
         # clamp, as TrainTransform does: the crop's float arithmetic can leave 1 + 1e-7 at an edge
-        return CompressedSample(data, torch.tensor(window_px), flip, colour, params["fn_idx"], boxes.clamp(0, 1),
+        return CompressedSample(data, torch.tensor(window_px), draw.flip, colour, draw.colour_order, boxes.clamp(0, 1),
                                 labels, rec.image_id, skipped, is_progressive_jpeg(data))
 
 

@@ -3,13 +3,16 @@ import json
 import pytest
 import torch
 from PIL import Image
+from torchvision import tv_tensors
 from torchvision.ops import box_iou
+from torchvision.transforms import v2
 
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
 from ssd_ds.data.batch import box_slot_counts
 from ssd_ds.data.coco import CocoDetection
-from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, eval_shard
+from ssd_ds.data import transforms
+from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, eval_shard, sample_seed
 from ssd_ds.data.transforms import CROP_MODES, EvalTransform, TrainTransform, try_crop
 from ssd_ds.model_config import cpu_small
 
@@ -88,11 +91,9 @@ def test_augmented_boxes_stay_inside_the_image(synthetic_dataset):
 
 
 def test_flip_mirrors_boxes(monkeypatch):
-    import ssd_ds.data.transforms as T
-
-    monkeypatch.setattr(T, "ssd_crop_window", lambda boxes, max_samples=1: None)
+    monkeypatch.setattr(transforms, "ssd_crop_window", lambda boxes, max_samples=1: None)
+    monkeypatch.setattr(transforms, "FLIP_P", 1.0)  # always flip
     tt, _ = train_transform(3)
-    tt.after_crop.transforms[0].p = 1.0  # always flip
     image = Image.new("RGB", (200, 100), (0, 0, 0))
     image.paste((255, 0, 0), (20, 10, 80, 60))  # red box at l=20..80, t=10..60
     box_px = torch.tensor([[20.0, 10.0, 80.0, 60.0]])
@@ -101,6 +102,60 @@ def test_flip_mirrors_boxes(monkeypatch):
     red = out[0] - out[1]  # normalised red minus green: high inside the painted box only
     l, t, r, b = (boxes[0] * 128).round().int().tolist()
     assert red[t + 2 : b - 2, l + 2 : r - 2].min() > red[:, : l - 2].max()
+
+
+def torchvision_augment(image, boxes_px, labels, size):
+    """SPEC section 5's augmentation with torchvision's transforms drawing their own parameters, as TrainTransform
+    composed it before `draw_augmentation` drew them all in one place: the crop, then RandomHorizontalFlip (p 0.5),
+    Resize, ColorJitter (0.125, 0.5, 0.5, 0.05) and PILToTensor."""
+    W, H = image.size
+    boxes_rel = boxes_px / torch.tensor([W, H, W, H], dtype=torch.float32)
+    window = transforms.ssd_crop_window(boxes_rel, 1)
+    if window is not None:
+        image = image.crop(transforms.window_pixels(window, W, H))
+        boxes_rel, labels = transforms.apply_crop(boxes_rel, labels, window)
+    W, H = image.size
+    boxes = tv_tensors.BoundingBoxes(boxes_rel * torch.tensor([W, H, W, H]), format="XYXY", canvas_size=(H, W))
+    image, boxes = v2.Compose([
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.Resize((size, size), interpolation=v2.InterpolationMode.BILINEAR),
+        v2.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05),
+        v2.PILToTensor(),
+    ])(image, boxes)
+    return image, (boxes.as_subclass(torch.Tensor) / size).clamp_(0, 1), labels
+
+
+def test_train_transform_is_torchvisions_pipeline(synthetic_dataset):
+    """TrainTransform's samples are torchvision's pipeline's bit for bit (image, boxes, labels, encoded targets), and
+    leave the RNG where it does: the draw order that exact resume and the CPU demo's AP depend on. Over seeds that
+    crop, flip and order the colour ops in many ways, each counted so that the comparison is known to cover them."""
+    ds = CocoDetection(synthetic_dataset, "train")
+    tt, _ = train_transform(ds.num_classes)
+    crops = flips = 0
+    orders = set()
+    for k in range(20):
+        seed = sample_seed(4, 0, k)
+        for index in (0, 7, 13):
+            rec = ds.records[index]
+            outputs = []
+            for augment in (lambda image: tt(image, rec),
+                            lambda image: torchvision_augment(image, rec.boxes_ltrb, rec.labels, tt.input_size)):
+                image = ds.load_image(index)
+                torch.manual_seed(seed)
+                outputs.append((augment(image), torch.rand(())))
+            (sample, cpu_next), ((image, boxes, labels), reference_next) = outputs
+            assert torch.equal(sample.image, image) and torch.equal(sample.boxes, boxes)
+            assert torch.equal(sample.labels, labels)
+            loc_t, labels_t = tt.coder.encode(boxes, labels)
+            assert torch.equal(sample.loc_t, loc_t) and torch.equal(sample.labels_t, labels_t)
+            assert cpu_next == reference_next
+            W, H = rec.width, rec.height
+            torch.manual_seed(seed)
+            draw = transforms.draw_augmentation(rec.boxes_ltrb / torch.tensor([W, H, W, H], dtype=torch.float32))
+            crops += draw.window is not None
+            flips += draw.flip
+            orders.add(tuple(draw.colour_order.tolist()))
+    assert 10 < crops < 50 and 10 < flips < 50 and len(orders) > 10  # measured: 33, 30 and 16 of 24
 
 
 def test_targets_have_fixed_shapes_and_are_deterministic(synthetic_dataset):

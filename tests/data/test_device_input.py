@@ -69,34 +69,23 @@ def device_images(samples, size: int, chunk: int = 64) -> torch.Tensor:
 
 @contextlib.contextmanager
 def recording_cpu_draws():
-    """Records, per TrainTransform call, the crop window it drew (relative, or None), the pixels it cut (or None),
-    whether it flipped and the colour parameters, by spying on the calls that make them."""
+    """Records, per TrainTransform call, what it drew (transforms.AugmentationDraw's fields: the relative crop window
+    or None, the flip, the colour factors and order) and the pixels it cut (or None), by spying on the calls that
+    make them."""
     draws = []
-    crop, flip, make_params = transforms.ssd_crop_window, v2.RandomHorizontalFlip.transform, v2.ColorJitter.make_params
-    pil_crop = Image.Image.crop
+    draw_augmentation, pil_crop = transforms.draw_augmentation, Image.Image.crop
 
-    def crop_spy(boxes, max_samples):
-        window = crop(boxes, max_samples)
-        draws.append({"window": window, "flip": False, "cut": None})
-        return window
+    def draw_spy(boxes, max_crop_samples):
+        draw = draw_augmentation(boxes, max_crop_samples)
+        draws.append(dict(draw._asdict(), cut=None))
+        return draw
 
     def pil_crop_spy(self, box=None):
         draws[-1]["cut"] = tuple(box)
         return pil_crop(self, box)
 
-    def flip_spy(self, inpt, params):
-        draws[-1]["flip"] = True
-        return flip(self, inpt, params)
-
-    def colour_spy(self, flat_inputs):
-        params = make_params(self, flat_inputs)
-        draws[-1]["colour"] = params
-        return params
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(transforms, "ssd_crop_window", crop_spy)
-        mp.setattr(v2.RandomHorizontalFlip, "transform", flip_spy)
-        mp.setattr(v2.ColorJitter, "make_params", colour_spy)
+        mp.setattr(transforms, "draw_augmentation", draw_spy)
         mp.setattr(Image.Image, "crop", pil_crop_spy)
         yield draws
 
@@ -127,10 +116,8 @@ def test_same_seed_draws_the_same_parameters(records):
         out, next_draw = device_sample(device, rec, seed)
         assert next_draw == cpu_next  # the same number of draws
         assert out.flip == draw["flip"]
-        colour = draw["colour"]
-        assert out.colour.tolist() == [colour["brightness_factor"], colour["contrast_factor"],
-                                       colour["saturation_factor"], colour["hue_factor"]]
-        assert torch.equal(out.colour_order, colour["fn_idx"])
+        assert out.colour.tolist() == list(draw["colour"])
+        assert torch.equal(out.colour_order, draw["colour_order"])
         W, H = rec.width, rec.height
         if draw["window"] is None:
             assert out.window.tolist() == [0, 0, W, H]
@@ -281,14 +268,14 @@ def test_distributions_match_the_cpu_path(records, monkeypatch):
     p = p_values(CompressedTrainTransform())
     assert min(p.values()) > alpha, p
     with monkeypatch.context() as mp:
-        mp.setattr(device_input, "FLIP_P", 0.25)
+        mp.setattr(transforms, "FLIP_P", 0.25)
         assert p_values(CompressedTrainTransform(), images=False)["flip"] < alpha
     with monkeypatch.context() as mp:
         mp.setattr(transforms, "CROP_MIN_SIDE", 0.5)  # windows drawn at least half the image's sides
         assert p_values(CompressedTrainTransform(), images=False)["area"] < alpha
-    brighter = CompressedTrainTransform()
-    brighter.colour_jitter = v2.ColorJitter(**dict(JITTER, brightness=0.25))
-    p = p_values(brighter)
+    with monkeypatch.context() as mp:
+        mp.setattr(transforms, "COLOUR_JITTER", v2.ColorJitter(**dict(JITTER, brightness=0.25)))
+        p = p_values(CompressedTrainTransform())
     assert min(p[f"channel {j}"] for j in range(3)) < alpha, p
 
 
