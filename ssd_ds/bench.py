@@ -6,7 +6,7 @@ trainer's flags (`ssd_ds.run_config`) and its DeepSpeed JSON (`ssd_ds.ds_config.
 the class count (the --data set's), the micro-batch (--batch overrides it), the gradient accumulation, the precision
 and the speed-ups; the last row is the engine the trainer builds from them on this device
 (`ssd_ds.train.engine_options` into `ssd_ds.speedups.build_engine`, DeepSpeed included), timed over whole optimizer
-steps of `ssd_ds.engine.train_step` on a synthetic uint8 batch already on the device (no input pipeline), as images/s
+steps of `ssd_ds.loop.train_step` on a synthetic uint8 batch already on the device (no input pipeline), as images/s
 of the global batch. Every row has the same batch plan and optimizer and is compared with fp32 NCHW eager at the
 same micro-batch in the same run; between the two (--rows all): channels_last, bf16 autocast, both, and on CUDA the
 Triton loss/encode. Each row compiles from a fresh dynamo state, as a new trainer process would, and says how many
@@ -324,11 +324,11 @@ def compiled_graphs() -> CompiledGraphs:
 def step_throughput(model_cfg, device: torch.device, ds_settings: dict, steps: int,
                     options: dict) -> tuple[float, CompiledGraphs]:
     """Images/s of global batch over whole optimizer steps (the DeepSpeed JSON's accumulation micro-batches, each
-    `ssd_ds.engine.train_step` on an engine from `speedups.build_engine(**options)`, the last one stepping), median
+    `ssd_ds.loop.train_step` on an engine from `speedups.build_engine(**options)`, the last one stepping), median
     of `steps` timed optimizer steps after WARMUP_STEPS; the batch synthetic and already on the device, its boxes
     padded as the loader pads them. Compiled from a fresh dynamo state: the graphs are returned."""
     from ssd_ds.data.batch import Batch, box_slots
-    from ssd_ds.engine import train_step
+    from ssd_ds.loop import train_step
     from ssd_ds.model import build_model
     from ssd_ds.speedups import build_engine, synthetic_batch
 
@@ -395,7 +395,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
     trainer = engine_options(cfg, device, base_lr(cfg.lr_per_32, plan.global_batch))  # resolved for the header
     trainer_autocast = engine_cfg.settings.get("torch_autocast") if engine_cfg.autocast_dtype else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"training step (ssd_ds.engine.train_step on speedups.build_engine), {cfg.model} "
+    print(f"training step (ssd_ds.loop.train_step on speedups.build_engine), {cfg.model} "
           f"({model_cfg.input_size}x{model_cfg.input_size}, {model_cfg.num_classes} classes from {classes_from}), "
           f"median of {args.steps} optimizer steps, {name}; model forward+backward {flops / 1e9:.2f} GFLOP/image"
           + (f", bf16 peak {peak:.0f} TFLOP/s" if peak else ""))

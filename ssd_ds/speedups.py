@@ -157,7 +157,7 @@ def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, ev
     and one evaluation batch through the evaluation model and its post-processing. Then put back everything these
     change (parameters' gradients, BatchNorm statistics, the model's mode, every RNG), so what trains is unchanged.
 
-    `eval_batch` and `autocast_dtype` are the evaluation's (ssd_ds.engine.evaluate): a compiled evaluation model is
+    `eval_batch` and `autocast_dtype` are the evaluation's (ssd_ds.loop.evaluate): a compiled evaluation model is
     given every batch at that size, so this is the one shape it compiles for. Returns the seconds the evaluation
     model's part took (its compile, where it compiles)."""
     # the autocast the engine's forward applies

@@ -3,7 +3,7 @@
 
 `main` reads top to bottom in the order things depend on each other: config -> distributed -> run directory and
 logs -> data -> model -> speed-ups (ssd_ds.speedups.build_engine) -> resume -> warm-up -> the loop
-(ssd_ds.engine: one step, one epoch, one evaluation).
+(ssd_ds.loop: one step, one epoch, one evaluation).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loa
 from ssd_ds.data.synthetic import ensure_synthetic
 from ssd_ds.data.transforms import CROP_MAX_SAMPLES, EvalTransform, TrainTransform
 from ssd_ds.distributed import barrier, init_distributed, setup_process_env
-from ssd_ds.engine import RunState, TrainingRun, evaluate_only, train
+from ssd_ds.loop import RunState, TrainingRun, evaluate_only, train
 from ssd_ds.errors import BadInput
 from ssd_ds.evaluate import BackgroundEvaluator
 from ssd_ds.metrics import MetricsLogger

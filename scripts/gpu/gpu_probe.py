@@ -94,7 +94,7 @@ def phases(args: argparse.Namespace) -> None:
 
     from ssd_ds import ds_config
     from ssd_ds.distributed import setup_process_env
-    from ssd_ds.engine import train_step
+    from ssd_ds.loop import train_step
     from ssd_ds.model import build_model
     from ssd_ds.model_config import build_model_config
     from ssd_ds.speedups import build_engine, warm_up

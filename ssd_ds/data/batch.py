@@ -2,7 +2,7 @@
 
 A batch always carries the augmented boxes, padded, with their labels and counts; when the loader workers encoded
 them against the default boxes (the CPU path) it also carries the encoded targets, and otherwise the device encodes
-them in the step (`ssd_ds.engine.train_step`). Which of the two happens is decided once per run
+them in the step (`ssd_ds.loop.train_step`). Which of the two happens is decided once per run
 (`ssd_ds.speedups.should_encode_on_device`), never inferred from the tensors.
 """
 
