@@ -4,14 +4,15 @@
 [--batch N[,N...]] [--steps N] [--rows all|trainer]`: training-step throughput of the trainer's configuration. The
 trainer's flags (`ssd_ds.run_config`) and its DeepSpeed JSON (`ssd_ds.ds_config.load`, world size 1) give the model,
 the class count (the --data set's), the micro-batch (--batch overrides it), the gradient accumulation, the precision
-and the speed-ups; the last row is the engine the trainer builds from them on this device
-(`ssd_ds.train.engine_options` into `ssd_ds.speedups.build_engine`, DeepSpeed included), timed over whole optimizer
-steps of `ssd_ds.loop.train_step` on a synthetic uint8 batch already on the device (no input pipeline), as images/s
-of the global batch. Every row has the same batch plan and optimizer and is compared with fp32 NCHW eager at the
-same micro-batch in the same run; between the two (--rows all): channels_last, bf16 autocast, both, and on CUDA the
-Triton loss/encode. Each row compiles from a fresh dynamo state, as a new trainer process would, and says how many
-graphs it compiled and whether any was dynamic: the trainer compiles one static micro-batch shape. Beside images/s:
-model FLOPs per image (torch.utils.flop_counter) and, on known GPUs, the fraction of the bf16 peak.
+and the speed-ups; the last row is the setup the trainer builds from them on this device
+(`ssd_ds.train.training_setup_options` into `ssd_ds.speedups.build_training_setup`, DeepSpeed included), timed over
+whole optimizer steps of `ssd_ds.loop.train_step` on a synthetic uint8 batch already on the device (no input
+pipeline), as images/s of the global batch. Every row has the same batch plan and optimizer and is compared with
+fp32 NCHW eager at the same micro-batch in the same run; between the two (--rows all): channels_last, bf16 autocast,
+both, and on CUDA the Triton loss/encode. Each row compiles from a fresh dynamo state, as a new trainer process
+would, and says how many graphs it compiled and whether any was dynamic: the trainer compiles one static micro-batch
+shape. Beside images/s: model FLOPs per image (torch.utils.flop_counter) and, on known GPUs, the fraction of the
+bf16 peak.
 
 `python -m ssd_ds.bench eval [--images N] [--detections D] [--batch B]`: COCOeval (bbox) of the same generated
 detections by faster-coco-eval (the trainer's default) and by pycocotools (the reference), timed, with the ratio and
@@ -267,9 +268,10 @@ WARMUP_STEPS = 2  # optimizer steps before timing: compilation, allocator, oneDN
 
 def trainer_variants(device: torch.device, trainer: dict, trainer_autocast: dict | None,
                      every: bool = True) -> dict[str, tuple]:
-    """name -> (build_engine settings, torch_autocast block or None); the first is the baseline, the last the trainer's
-    configuration (`trainer`: `ssd_ds.train.engine_options`, its autocast the DeepSpeed JSON's), and between them,
-    when `every`, precision, layout and kernels one at a time. All share the trainer's optimizer and batch plan."""
+    """name -> (build_training_setup settings, torch_autocast block or None); the first is the baseline, the last the
+    trainer's configuration (`trainer`: `ssd_ds.train.training_setup_options`, its autocast the DeepSpeed JSON's), and
+    between them, when `every`, precision, layout and kernels one at a time. All share the trainer's optimizer and
+    batch plan."""
     bf16 = {"enabled": True, "dtype": "bfloat16"}
     optimizer = {"optimizer_fn": trainer["optimizer_fn"]}
     eager = dict(optimizer, kernels="torch", compile="off", encode_on_device="off")
@@ -324,13 +326,13 @@ def compiled_graphs() -> CompiledGraphs:
 def step_throughput(model_cfg, device: torch.device, ds_settings: dict, steps: int,
                     options: dict) -> tuple[float, CompiledGraphs]:
     """Images/s of global batch over whole optimizer steps (the DeepSpeed JSON's accumulation micro-batches, each
-    `ssd_ds.loop.train_step` on an engine from `speedups.build_engine(**options)`, the last one stepping), median
-    of `steps` timed optimizer steps after WARMUP_STEPS; the batch synthetic and already on the device, its boxes
-    padded as the loader pads them. Compiled from a fresh dynamo state: the graphs are returned."""
+    `ssd_ds.loop.train_step` on the DeepSpeed engine of `speedups.build_training_setup(**options)`, the last one
+    stepping), median of `steps` timed optimizer steps after WARMUP_STEPS; the batch synthetic and already on the
+    device, its boxes padded as the loader pads them. Compiled from a fresh dynamo state: the graphs are returned."""
     from ssd_ds.data.batch import Batch, box_slots
     from ssd_ds.loop import train_step
     from ssd_ds.model import build_model
-    from ssd_ds.speedups import build_engine, synthetic_batch
+    from ssd_ds.speedups import build_training_setup, synthetic_batch
 
     gc.collect()  # the previous row's engine, before this one allocates
     if device.type == "cuda":
@@ -338,7 +340,7 @@ def step_throughput(model_cfg, device: torch.device, ds_settings: dict, steps: i
     fresh_compile_state()
     torch.manual_seed(0)
     micro, accumulation = ds_settings["train_micro_batch_size_per_gpu"], ds_settings["gradient_accumulation_steps"]
-    built = build_engine(build_model(model_cfg).to(device), model_cfg, device, ds_settings, **options)
+    built = build_training_setup(build_model(model_cfg).to(device), model_cfg, device, ds_settings, **options)
     # 8 boxes an image (synthetic_batch), padded to the slots the loader would ship them in
     images, boxes, labels = (t.to(device) for t in synthetic_batch(micro, model_cfg.input_size, box_slots(8)))
     num_boxes = (labels > 0).sum(dim=1)
@@ -351,7 +353,7 @@ def step_throughput(model_cfg, device: torch.device, ds_settings: dict, steps: i
         _sync(device)
         start = time.perf_counter()
         for _ in range(accumulation):
-            train_step(built.engine, on_device, built.memory_format, built.ops.encode)
+            train_step(built.deepspeed, on_device, built.memory_format, built.ops.encode)
         _sync(device)
         if i >= WARMUP_STEPS:
             times.append(time.perf_counter() - start)
@@ -360,13 +362,13 @@ def step_throughput(model_cfg, device: torch.device, ds_settings: dict, steps: i
 
 def bench_train(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
     """Every variant at every micro-batch against the fp32 NCHW eager baseline at the same batch plan, in one process;
-    the last variant is the engine the trainer builds from `args.trainer_argv` (its preset, flags, DeepSpeed JSON)."""
+    the last variant is the setup the trainer builds from `args.trainer_argv` (its preset, flags, DeepSpeed JSON)."""
     from ssd_ds import ds_config
     from ssd_ds.distributed import setup_process_env
     from ssd_ds.run_config import config_from_args
     from ssd_ds.schedule import base_lr
     from ssd_ds.speedups import should_compile
-    from ssd_ds.train import engine_options
+    from ssd_ds.train import training_setup_options
 
     cfg = config_from_args(args.trainer_argv)
     engine_cfg = ds_config.load(cfg.deepspeed_config, world_size=1)  # as the trainer reads it; one process here
@@ -392,10 +394,10 @@ def bench_train(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
     peak = args.peak_tflops or bf16_peak_tflops(device)
     plan = engine_cfg.plan
     micro_batches = args.batch or [plan.micro_batch]
-    trainer = engine_options(cfg, device, base_lr(cfg.lr_per_32, plan.global_batch))  # resolved for the header
+    trainer = training_setup_options(cfg, device, base_lr(cfg.lr_per_32, plan.global_batch))  # resolved for the header
     trainer_autocast = engine_cfg.settings.get("torch_autocast") if engine_cfg.autocast_dtype else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"training step (ssd_ds.loop.train_step on speedups.build_engine), {cfg.model} "
+    print(f"training step (ssd_ds.loop.train_step on speedups.build_training_setup), {cfg.model} "
           f"({model_cfg.input_size}x{model_cfg.input_size}, {model_cfg.num_classes} classes from {classes_from}), "
           f"median of {args.steps} optimizer steps, {name}; model forward+backward {flops / 1e9:.2f} GFLOP/image"
           + (f", bf16 peak {peak:.0f} TFLOP/s" if peak else ""))
@@ -411,7 +413,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
     for micro in micro_batches:
         row_key = f"{micro}x{plan.accumulation}"
         results[row_key] = {}
-        trainer = engine_options(cfg, device, base_lr(cfg.lr_per_32, micro * plan.accumulation))
+        trainer = training_setup_options(cfg, device, base_lr(cfg.lr_per_32, micro * plan.accumulation))
         fp32 = {k: v for k, v in engine_cfg.settings.items() if k != "torch_autocast"}
         fp32.update(train_micro_batch_size_per_gpu=micro, train_batch_size=micro * plan.accumulation,
                     gradient_accumulation_steps=plan.accumulation)
@@ -446,7 +448,7 @@ def main(argv: list[str] | None = None):
         help="training-step throughput of the trainer's configuration against fp32 NCHW eager",
         epilog="Every other flag is the trainer's (python -m ssd_ds.train --help: --preset, --config, --model, "
                "--deepspeed_config, --data, --compile, --kernels, --input, --channels_last, ...): the last row is "
-               "the engine the trainer builds from them on this device, its micro-batch, accumulation and precision "
+               "the setup the trainer builds from them on this device, its micro-batch, accumulation and precision "
                "the DeepSpeed JSON's (world size 1).")
     train.add_argument("--num_classes", type=int, default=None,
                        help="classes with background (default: the trainer's: those of the --data set)")

@@ -1,7 +1,8 @@
 """The training loop's parts, as torchvision's detection references split them: one step, one epoch, one evaluation.
 
-`TrainingRun` holds what they share (the engine, the loaders, the logs and where the run is); `ssd_ds.train`
-builds it and calls `train` or `evaluate_only`. The run stops on exactly one condition, `TrainingRun.should_stop`.
+`TrainingRun` holds what they share (the `TrainingSetup` of ssd_ds.speedups, the loaders, the logs and where the run
+is); `ssd_ds.train` builds it and calls `train` or `evaluate_only`. The run stops on exactly one condition,
+`TrainingRun.should_stop`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ssd_ds.evaluate import BackgroundEvaluator, predict
 from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import MLPerfLogger
 from ssd_ds.run_config import RunConfig
-from ssd_ds.speedups import Engine
+from ssd_ds.speedups import TrainingSetup
 
 log = logging.getLogger("ssd_ds.train")
 
@@ -108,7 +109,7 @@ class TrainingRun:
     world: int
     device: torch.device
     plan: BatchPlan
-    built: Engine
+    built: TrainingSetup
     sampler: TrainSampler
     train_loader: torch.utils.data.DataLoader
     eval_loader: torch.utils.data.DataLoader
@@ -165,7 +166,7 @@ def train(run: TrainingRun) -> RunState:
                 raise failure from exc
         if not run.state.success:
             finish_evaluations(run)
-        checksums = parameter_checksums(run.built.engine.module, run.device)
+        checksums = parameter_checksums(run.built.deepspeed.module, run.device)
         run.metrics.log("replicas", {"param_checksums": checksums}, run.state.iteration)
         verify_replicas(checksums)
         status = "success" if run.state.success else "aborted"
@@ -200,7 +201,7 @@ def train_one_epoch(run: TrainingRun) -> None:
     micro_batches = (run.iters_per_epoch - state.iter_in_epoch) * accum
     batches = DevicePrefetcher(checked_batches(islice(run.train_loader, micro_batches), cfg.data, cfg.loader_timeout),
                                run.device, run.prepare_batch)
-    engine, ops = run.built.engine, run.built.ops
+    engine, ops = run.built.deepspeed, run.built.ops
     t_logged = time.perf_counter()
     while state.iter_in_epoch < run.iters_per_epoch and not run.should_stop():
         for _ in range(accum):
@@ -239,7 +240,7 @@ def log_training(run: TrainingRun, elapsed: float, data_wait: float, prepare: fl
     records = run.losses.drain(run.ckpt_dir)
     if not records:
         return
-    records[-1].update(epoch=run.state.epoch + 1, lr=run.built.engine.lr_scheduler.get_last_lr()[0],
+    records[-1].update(epoch=run.state.epoch + 1, lr=run.built.deepspeed.lr_scheduler.get_last_lr()[0],
                        images_per_s=steps * run.plan.global_batch / max(elapsed, 1e-9),
                        data_wait_s_per_step=data_wait / steps, prepare_s_per_step=prepare / steps,
                        skipped_images=run.skipped_images)
@@ -258,10 +259,10 @@ def save_checkpoint(run: TrainingRun) -> None:
     tag = f"epoch{run.state.epoch:03d}_iter{run.state.iteration:07d}"
     inference = None
     if run.rank == 0:
-        inference = checkpoint.inference_state(run.built.engine.module.model, run.cfg.model, run.input_size,
+        inference = checkpoint.inference_state(run.built.deepspeed.module.model, run.cfg.model, run.input_size,
                                                run.val_set.class_names, run.val_set.label_to_category,
                                                run.autocast_dtype)
-    checkpoint.save(run.built.engine, run.ckpt_dir, tag, client_state(run.state, run.sampler, run.cfg),
+    checkpoint.save(run.built.deepspeed, run.ckpt_dir, tag, client_state(run.state, run.sampler, run.cfg),
                     run.cfg.keep_checkpoints, inference)
 
 

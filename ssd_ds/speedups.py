@@ -1,8 +1,8 @@
 """Speed-ups, applied to the plain single-device model from one place and in the one order that works:
 kernel choice -> torch.compile -> deepspeed.initialize -> memory format.
 
-`build_engine` is what the trainer and `python -m ssd_ds.bench train` both call, so the benchmark times exactly the
-configuration that trains. Why this order: compile wraps the step module before DeepSpeed holds it; DeepSpeed's
+`build_training_setup` is what the trainer and `python -m ssd_ds.bench train` both call, so the benchmark times exactly
+the configuration that trains. Why this order: compile wraps the step module before DeepSpeed holds it; DeepSpeed's
 start-up broadcast views every parameter as bytes, which needs the default layout, so channels_last comes after it
 (converting then swaps the tensors under the same Parameter objects the optimizer holds), and torch.compile traces
 lazily, at the first step, so it still sees the final layout.
@@ -102,20 +102,21 @@ def apply_memory_format(engine, channels_last: bool) -> torch.memory_format:
 
 
 @dataclass
-class Engine:
-    """What the training step needs: the DeepSpeed engine and how batches are put on its device."""
+class TrainingSetup:
+    """What the training step and evaluation need: the DeepSpeed engine, the ops on its device, the memory format
+    batches are put in, and the model evaluation runs."""
 
-    engine: object  # deepspeed.DeepSpeedEngine around an SSDTrainStep
+    deepspeed: object  # deepspeed.DeepSpeedEngine around an SSDTrainStep
     ops: DeviceOps
     memory_format: torch.memory_format
     compiled: bool
     eval_model: torch.nn.Module  # the model evaluation runs: compiled (for inference) where the step is
 
 
-def build_engine(model: torch.nn.Module, model_cfg: ModelConfig, device: torch.device, ds_config: dict, *,
-                 kernels: str = "auto", compile: str = "auto", encode_on_device: str = "auto",
-                 channels_last: bool = True, optimizer_fn: Callable | None = None,
-                 scheduler_fn: Callable | None = None) -> Engine:
+def build_training_setup(model: torch.nn.Module, model_cfg: ModelConfig, device: torch.device, ds_config: dict, *,
+                         kernels: str = "auto", compile: str = "auto", encode_on_device: str = "auto",
+                         channels_last: bool = True, optimizer_fn: Callable | None = None,
+                         scheduler_fn: Callable | None = None) -> TrainingSetup:
     """kernel choice -> torch.compile -> deepspeed.initialize -> memory format, on a model already on `device`.
 
     optimizer_fn(model) builds the optimizer (default: SGD lr 1e-3 for benchmarks); scheduler_fn(optimizer) the LR
@@ -131,7 +132,7 @@ def build_engine(model: torch.nn.Module, model_cfg: ModelConfig, device: torch.d
     engine = init_deepspeed(step, optimizer, scheduler, engine_settings(ds_config, device))
     memory_format = apply_memory_format(engine, channels_last)
     eval_model = torch.compile(model) if compiled else model  # shares the parameters; traced at the first evaluation
-    return Engine(engine, ops, memory_format, compiled, eval_model)
+    return TrainingSetup(engine, ops, memory_format, compiled, eval_model)
 
 
 def synthetic_batch(micro_batch: int, input_size: int, max_boxes: int, generator: torch.Generator | None = None):
@@ -149,7 +150,7 @@ def synthetic_batch(micro_batch: int, input_size: int, max_boxes: int, generator
     return images, gt_ltrb, gt_labels
 
 
-def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, eval_batch: int,
+def warm_up(built: TrainingSetup, micro_batch: int, input_size: int, max_boxes: int, eval_batch: int,
             autocast_dtype: torch.dtype | None, steps: int = 2) -> float:
     """Compile everything the run will run, on synthetic tensors, before MLPerf's `run_start` (which forbids touching
     the training data earlier) so that nothing compiles inside the timed run: the training step forward and backward
@@ -163,7 +164,7 @@ def warm_up(built: Engine, micro_batch: int, input_size: int, max_boxes: int, ev
     # the autocast the engine's forward applies
     from deepspeed.runtime.torch_autocast import autocast_if_enabled
 
-    engine, ops = built.engine, built.ops
+    engine, ops = built.deepspeed, built.ops
     step: SSDTrainStep = engine.module
     saved_state = {k: v.clone() for k, v in step.state_dict().items()}
     saved_rng = checkpoint.rng_state()

@@ -2,7 +2,7 @@
 `deepspeed [--hostfile H] [--num_gpus N] --module ssd_ds.train --deepspeed_config ds_configs/X.json ...`.
 
 `main` reads top to bottom in the order things depend on each other: config -> distributed -> run directory and
-logs -> data -> model -> speed-ups (ssd_ds.speedups.build_engine) -> resume -> warm-up -> the loop
+logs -> data -> model -> speed-ups (ssd_ds.speedups.build_training_setup) -> resume -> warm-up -> the loop
 (ssd_ds.loop: one step, one epoch, one evaluation).
 """
 
@@ -36,7 +36,7 @@ from ssd_ds.model_config import build_model_config
 from ssd_ds.run_config import RunConfig, config_from_args
 from ssd_ds.run_dir import open_run_dir
 from ssd_ds.schedule import base_lr, lr_factor
-from ssd_ds.speedups import (build_engine, build_optimizer, load_compile_cache, save_compile_cache,
+from ssd_ds.speedups import (build_optimizer, build_training_setup, load_compile_cache, save_compile_cache,
                              should_encode_on_device, warm_up)
 
 log = logging.getLogger("ssd_ds.train")
@@ -59,9 +59,9 @@ def input_on_device(cfg: RunConfig, device: torch.device) -> tuple[bool, bool]:
     return decode, decode or should_encode_on_device(cfg.encode_on_device, device)
 
 
-def engine_options(cfg: RunConfig, device: torch.device, lr: float) -> dict:
-    """The settings a run of `cfg` passes to `build_engine` on `device`, the LR schedule aside; `python -m ssd_ds.bench
-    train` times the engine they build as the trainer's configuration."""
+def training_setup_options(cfg: RunConfig, device: torch.device, lr: float) -> dict:
+    """The settings a run of `cfg` passes to `build_training_setup` on `device`, the LR schedule aside; `python -m
+    ssd_ds.bench train` times the setup they build as the trainer's configuration."""
     _, encode_on_device = input_on_device(cfg, device)
     return dict(kernels=cfg.kernels, compile=cfg.compile, encode_on_device="on" if encode_on_device else "off",
                 channels_last=cfg.channels_last,
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> RunState:
     # Model, optimizer and schedule, then the speed-ups (ssd_ds/speedups.py says why in this order).
     model = build_model(model_cfg, cfg.backbone_weights).to(device)
     lr = base_lr(cfg.lr_per_32, plan.global_batch)
-    built = build_engine(
-        model, model_cfg, device, engine_cfg.settings, **engine_options(cfg, device, lr),
+    built = build_training_setup(
+        model, model_cfg, device, engine_cfg.settings, **training_setup_options(cfg, device, lr),
         scheduler_fn=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(
             it, iters_per_epoch, cfg.warmup_iters, cfg.warmup_factor, cfg.decay_epochs, cfg.decay_factor)))
     log.info("kernels: %s; images decoded and augmented on %s; boxes encoded on %s; compiled: %s; device %s; world "
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> RunState:
     # Resume: DeepSpeed's module, optimizer and scheduler, then where the run was and every RNG.
     state = RunState()
     if resume_from is not None:
-        client = checkpoint.load(built.engine, resume_from)
+        client = checkpoint.load(built.deepspeed, resume_from)
         state = RunState(**client["run_state"])
         checkpoint.set_rng_state(client["rng"])
         log.info("resumed from %s/%s at epoch %d, iteration %d", *resume_from, state.epoch, state.iteration)

@@ -14,7 +14,7 @@ from ssd_ds.data.loaders import DevicePrefetcher, check_shared_memory, shared_me
 from ssd_ds.ds_config import engine_settings
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
-from ssd_ds.speedups import Engine, apply_kernels, load_compile_cache, save_compile_cache, warm_up
+from ssd_ds.speedups import TrainingSetup, apply_kernels, load_compile_cache, save_compile_cache, warm_up
 from ssd_ds.step import SSDTrainStep
 from tests.helpers import REPO
 from tests.test_evaluate import CallLog
@@ -76,7 +76,7 @@ def test_warm_up_encodes_at_every_box_slot_count_and_evaluates_one_full_batch():
     step, eval_model = SSDTrainStep(model, ops.loss), CallLog(model)
     before, rng = {k: v.clone() for k, v in step.state_dict().items()}, torch.get_rng_state()
     engine = SimpleNamespace(module=step, torch_autocast_enabled=lambda: False)  # what warm_up reads of DeepSpeed's
-    built = Engine(engine, ops, torch.contiguous_format, compiled=False, eval_model=eval_model)
+    built = TrainingSetup(engine, ops, torch.contiguous_format, compiled=False, eval_model=eval_model)
     warm_up(built, micro_batch=2, input_size=cfg.input_size, max_boxes=100, eval_batch=3, autocast_dtype=None)
     assert sorted(set(box_slots_encoded)) == [8, 16, 32, 64, 128]
     assert eval_model.calls == [(3, False)] and model.training

@@ -7,8 +7,8 @@ host clocks instead of CUDA events, and no streams.
       re-save every 4th training JPEG of DATA as a progressive JPEG (same pixels' size, so the annotations hold):
       COCO has some, and nvJPEG decodes them on the host (its hybrid backend), image by image.
   python scripts/gpu/gpu_probe.py phases --data DATA --deepspeed_config F [--model mlperf] [--workers 8] [--iters 8]
-      the trainer's engine (speedups.build_engine, settings from F) and its device input path (the real loader at
-      F's micro-batch): per micro-batch, host seconds waiting for workers, preparing and launching the step; device
+      the trainer's step (speedups.build_training_setup, settings from F) and its device input path (the real loader
+      at F's micro-batch): per micro-batch, host seconds waiting for workers, preparing and launching the step; device
       seconds of the side-stream preparation and of the main-stream step (CUDA events); synchronising calls per
       step; peak memory; which decode path each image took; then the decode alone on one micro-batch, batched and
       image by image (the fallback's cost).
@@ -97,7 +97,7 @@ def phases(args: argparse.Namespace) -> None:
     from ssd_ds.loop import train_step
     from ssd_ds.model import build_model
     from ssd_ds.model_config import build_model_config
-    from ssd_ds.speedups import build_engine, warm_up
+    from ssd_ds.speedups import build_training_setup, warm_up
 
     setup_process_env()
     dev = device()
@@ -108,8 +108,8 @@ def phases(args: argparse.Namespace) -> None:
     micro = engine_cfg.plan.micro_batch
     dataset = compressed_set(args.data)
     model_cfg = build_model_config(args.model, num_classes=dataset.num_classes)
-    built = build_engine(build_model(model_cfg).to(dev), model_cfg, dev, engine_cfg.settings, kernels="auto",
-                         compile=args.compile, encode_on_device="on", channels_last=True)
+    built = build_training_setup(build_model(model_cfg).to(dev), model_cfg, dev, engine_cfg.settings, kernels="auto",
+                                 compile=args.compile, encode_on_device="on", channels_last=True)
     t0 = time.perf_counter()
     warm_up(built, micro, model_cfg.input_size, 128, args.eval_batch, engine_cfg.autocast_dtype)
     print(f"probe phases: warm-up (compiles; cache hits after the trainer's run) {time.perf_counter() - t0:.1f} s")
@@ -143,7 +143,7 @@ def phases(args: argparse.Namespace) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             s0 = clock.mark(main_stream)
-            train_step(built.engine, batch, built.memory_format, built.ops.encode)
+            train_step(built.deepspeed, batch, built.memory_format, built.ops.encode)
             s1 = clock.mark(main_stream)
         if dev.type == "cuda":
             torch.cuda.set_sync_debug_mode(0)
