@@ -56,9 +56,9 @@ def detect_batch(model, images: torch.Tensor, coder: BoxCoder, device: torch.dev
 
 
 @torch.no_grad()
-def predict(model, loader, coder: BoxCoder, label_to_category: dict[int, int], device: torch.device,
-            autocast_dtype: torch.dtype | None = None, images_to_draw: int = 0, decode=decode_scores,
-            memory_format: torch.memory_format = torch.contiguous_format, pad_to: int | None = None):
+def infer_detections(model, loader, coder: BoxCoder, label_to_category: dict[int, int], device: torch.device,
+                     autocast_dtype: torch.dtype | None = None, images_to_draw: int = 0, decode=decode_scores,
+                     memory_format: torch.memory_format = torch.contiguous_format, pad_to: int | None = None):
     """This rank's detections as an [N, 7] float64 array, the ids of the images it evaluated, the count of skipped
     images, and up to `images_to_draw` examples `(image [3,S,S] uint8, boxes_ltrb relative, scores, labels)` for
     TensorBoard. `decode` is the torch or Triton decode+softmax (triton_kernels.select.decode_scores_fn); `pad_to`
@@ -225,8 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
                        f" classes, ids {sorted(meta['label_to_category'].values())[:5]}...)")
     ops, autocast = inference_ops(meta, device)
     loader = build_eval_loader(val_set, rank, world, args.batch, args.workers, pin_memory=device.type == "cuda")
-    detections, seen, skipped, _ = predict(model, loader, ops.coder, val_set.label_to_category, device, autocast,
-                                           decode=ops.decode_scores, memory_format=memory_format)
+    detections, seen, skipped, _ = infer_detections(model, loader, ops.coder, val_set.label_to_category, device,
+                                                    autocast, decode=ops.decode_scores, memory_format=memory_format)
     gathered = gather_to_rank0((detections, len(seen), skipped))
     if rank != 0:
         return None

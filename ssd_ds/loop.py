@@ -28,7 +28,7 @@ from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler, checked_batches,
 from ssd_ds.data.transforms import normalize_images
 from ssd_ds.distributed import flag_from_rank0, gather_to_rank0, parameter_checksums, verify_replicas
 from ssd_ds.ds_config import BatchPlan
-from ssd_ds.evaluate import BackgroundEvaluator, predict
+from ssd_ds.evaluate import BackgroundEvaluator, infer_detections
 from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import MLPerfLogger
 from ssd_ds.run_config import RunConfig
@@ -274,7 +274,7 @@ def evaluate(run: TrainingRun, epoch: int) -> None:
     # would compile it again); an eager model runs a partial batch as it comes, so its detections (the CPU demo's
     # AP sequence) stay bit for bit what they were.
     pad_to = run.cfg.eval_batch if run.built.compiled else None
-    detections, seen, skipped, examples = predict(
+    detections, seen, skipped, examples = infer_detections(
         run.built.eval_model, run.eval_loader, run.built.ops.coder, run.val_set.label_to_category,
         run.device, run.autocast_dtype, images_to_draw, run.built.ops.decode_scores, run.built.memory_format, pad_to)
     if skipped:

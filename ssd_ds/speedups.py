@@ -184,8 +184,8 @@ def warm_up(built: TrainingSetup, micro_batch: int, input_size: int, max_boxes: 
         loss.backward()
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"warm-up loss is {float(loss)}: the model or loss is broken before training")
-    # The evaluation model (compiled apart from the step) as `predict` runs it: in eval mode, where BatchNorm reads
-    # its running statistics and leaves them alone, without gradients, at the evaluation's batch size.
+    # The evaluation model (compiled apart from the step) as `infer_detections` runs it: in eval mode, where BatchNorm
+    # reads its running statistics and leaves them alone, without gradients, at the evaluation's batch size.
     _synchronize(ops.device)
     t0 = time.perf_counter()
     was_training = built.eval_model.training

@@ -10,7 +10,7 @@ from pycocotools.cocoeval import COCOeval
 from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.loaders import build_eval_loader
 from ssd_ds.data.transforms import EvalTransform
-from ssd_ds.evaluate import STAT_NAMES, BackgroundEvaluator, coco_eval, detect_batch, predict
+from ssd_ds.evaluate import STAT_NAMES, BackgroundEvaluator, coco_eval, detect_batch, infer_detections
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
 from ssd_ds.speedups import apply_kernels
@@ -114,14 +114,15 @@ def test_padded_evaluation_detects_what_unpadded_does(synthetic_dataset):
     runs = {}
     for pad_to in (None, 6):
         model.calls.clear()
-        detections, seen, _, _ = predict(model, loader, ops.coder, val_set.label_to_category, torch.device("cpu"),
-                                         memory_format=torch.channels_last, pad_to=pad_to)
+        detections, seen, _, _ = infer_detections(model, loader, ops.coder, val_set.label_to_category,
+                                                  torch.device("cpu"), memory_format=torch.channels_last,
+                                                  pad_to=pad_to)
         runs[pad_to] = detections, seen, [size for size, _ in model.calls]
     (unpadded, seen, sizes), (padded, padded_seen, padded_sizes) = runs[None], runs[6]
     assert sizes[0] == 6 > sizes[-1] and padded_sizes == [6] * len(sizes)  # the last batch is partial, then padded
     assert padded_seen == seen and len(seen) == len(val_set)
     assert len(unpadded) > 0 and np.array_equal(padded, unpadded)
-    model.eval()  # as predict leaves it: in training mode BatchNorm would mix the images' statistics
+    model.eval()  # as infer_detections leaves it: in training mode BatchNorm would mix the images' statistics
     batches = [images for images, _, _, _ in loader]
     partial = batches[-1]
     want = detect_batch(model, partial, ops.coder, torch.device("cpu"))
