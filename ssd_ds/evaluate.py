@@ -180,12 +180,13 @@ class BackgroundEvaluator:
 
 def inference_ops(meta: dict, device: torch.device):
     """(the ops a checkpoint's model is evaluated with on `device`, its autocast dtype), as the trainer chooses them
-    (`speedups.apply_kernels`: default boxes on the device, the Triton or torch decode) from `load_inference`'s meta."""
+    (`speedups.build_device_ops`: default boxes on the device, the Triton or torch decode) from `load_inference`'s
+    meta."""
     from ssd_ds.model_config import build_model_config
-    from ssd_ds.speedups import apply_kernels
+    from ssd_ds.speedups import build_device_ops
 
-    ops = apply_kernels(build_model_config(meta["model"], num_classes=len(meta["class_names"])), device,
-                        encode_on_device="off")
+    ops = build_device_ops(build_model_config(meta["model"], num_classes=len(meta["class_names"])), device,
+                           encode_on_device="off")
     return ops, getattr(torch, meta["autocast"]) if meta["autocast"] else None
 
 

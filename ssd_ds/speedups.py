@@ -57,9 +57,9 @@ def should_compile(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
-def apply_kernels(model_cfg: ModelConfig, device: torch.device, kernels: str = "auto",
-                  encode_on_device: str = "auto") -> DeviceOps:
-    """Pick the torch or Triton implementation of every op, bound to default boxes on `device`."""
+def build_device_ops(model_cfg: ModelConfig, device: torch.device, kernels: str = "auto",
+                     encode_on_device: str = "auto") -> DeviceOps:
+    """The run's `DeviceOps`: the torch or Triton implementation of every op, bound to default boxes on `device`."""
     backend = resolve_backend(kernels, device)
     coder = BoxCoder(default_boxes_ltrb(model_cfg.anchors)).to(device)
     encode = None
@@ -124,7 +124,7 @@ def build_training_setup(model: torch.nn.Module, model_cfg: ModelConfig, device:
     """
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune each convolution once
-    ops = apply_kernels(model_cfg, device, kernels, encode_on_device)
+    ops = build_device_ops(model_cfg, device, kernels, encode_on_device)
     step = SSDTrainStep(model, ops.loss)
     compiled = apply_compile(step, compile, device)
     optimizer = (optimizer_fn or (lambda m: build_optimizer(m, 1e-3, 0.9, 0.0, device)))(model)

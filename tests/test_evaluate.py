@@ -13,7 +13,7 @@ from ssd_ds.data.transforms import EvalTransform
 from ssd_ds.evaluate import STAT_NAMES, BackgroundEvaluator, coco_eval, detect_batch, infer_detections
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
-from ssd_ds.speedups import apply_kernels
+from ssd_ds.speedups import build_device_ops
 
 
 def fake_detections(ann_file, seed=0):
@@ -109,7 +109,7 @@ def test_padded_evaluation_detects_what_unpadded_does(synthetic_dataset):
     cfg = cpu_small(num_classes=val_set.num_classes)
     val_set.transform = EvalTransform(cfg.input_size)
     loader = build_eval_loader(val_set, rank=0, world_size=1, batch_size=6, workers=0)
-    ops = apply_kernels(cfg, torch.device("cpu"), "torch", "off")
+    ops = build_device_ops(cfg, torch.device("cpu"), "torch", "off")
     model = CallLog(build_model(cfg))
     runs = {}
     for pad_to in (None, 6):

@@ -44,7 +44,7 @@ from ssd_ds.evaluate import detect_batch
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
 from ssd_ds.run_config import demo
-from ssd_ds.speedups import apply_kernels, build_optimizer
+from ssd_ds.speedups import build_device_ops, build_optimizer
 from ssd_ds.step import SSDTrainStep
 
 try:
@@ -140,7 +140,7 @@ def test_training_step_on_cuda(synthetic_dataset, kernels, encode_on_device):
     cfg = cpu_small(num_classes=CocoDetection(synthetic_dataset, "val").num_classes)
     batches = train_batches(synthetic_dataset, cfg, encode_on_device, n=2)
     with fake_cuda():
-        ops = apply_kernels(cfg, CUDA, kernels, "on" if encode_on_device else "off")
+        ops = build_device_ops(cfg, CUDA, kernels, "on" if encode_on_device else "off")
         assert (ops.encode is not None) == encode_on_device
         model = cuda_model(cfg)
         step = SSDTrainStep(model, ops.loss)
@@ -156,7 +156,7 @@ def test_evaluation_on_cuda(synthetic_dataset, kernels):
     cfg = cpu_small(num_classes=CocoDetection(synthetic_dataset, "val").num_classes)
     images = eval_images(synthetic_dataset, cfg)
     with fake_cuda(), mock.patch.object(ssd_ds.postprocess, "nms", nms_stand_in):
-        ops = apply_kernels(cfg, CUDA, kernels)
+        ops = build_device_ops(cfg, CUDA, kernels)
         model = cuda_model(cfg)
         detections = detect_batch(model, images, ops.coder, CUDA, torch.bfloat16, ops.decode_scores,
                                   torch.channels_last)
@@ -171,7 +171,7 @@ def test_evaluation_with_default_boxes_left_on_the_cpu_fails(synthetic_dataset, 
     cfg = cpu_small(num_classes=CocoDetection(synthetic_dataset, "val").num_classes)
     images = eval_images(synthetic_dataset, cfg)
     with fake_cuda(), mock.patch.object(ssd_ds.postprocess, "nms", nms_stand_in):
-        ops = apply_kernels(cfg, CUDA, kernels)
+        ops = build_device_ops(cfg, CUDA, kernels)
         cpu_coder = BoxCoder(ops.coder.dboxes_ltrb.to("cpu"))
         with pytest.raises((FakeTensorDeviceMismatchError, RuntimeError), match="device"):
             detect_batch(cuda_model(cfg), images, cpu_coder, CUDA, torch.bfloat16, ops.decode_scores)
@@ -184,7 +184,7 @@ def test_checkpoint_of_a_cuda_run_holds_host_state_and_device_weights(synthetic_
     batches = train_batches(synthetic_dataset, cfg, encode_on_device=True)
     sampler = TrainSampler(10, seed=0)
     with fake_cuda():
-        ops = apply_kernels(cfg, CUDA, "torch", "on")
+        ops = build_device_ops(cfg, CUDA, "torch", "on")
         model = cuda_model(cfg)
         engine = StandInEngine(SSDTrainStep(model, ops.loss), plain_sgd(model), None)
         loss, _, _ = train_step(engine, batches[0].to(CUDA), torch.contiguous_format, ops.encode)

@@ -14,7 +14,7 @@ from ssd_ds.data.loaders import DevicePrefetcher, check_shared_memory, shared_me
 from ssd_ds.ds_config import engine_settings
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
-from ssd_ds.speedups import TrainingSetup, apply_kernels, load_compile_cache, save_compile_cache, warm_up
+from ssd_ds.speedups import TrainingSetup, build_device_ops, load_compile_cache, save_compile_cache, warm_up
 from ssd_ds.step import SSDTrainStep
 from tests.helpers import REPO
 from tests.test_evaluate import CallLog
@@ -65,7 +65,7 @@ def test_warm_up_encodes_at_every_box_slot_count_and_evaluates_one_full_batch():
     images; then the model is as it was (weights, BatchNorm statistics, training mode, no gradients, the RNG)."""
     cfg = cpu_small(num_classes=3)
     model = build_model(cfg)
-    ops = apply_kernels(cfg, torch.device("cpu"), "torch", encode_on_device="on")
+    ops = build_device_ops(cfg, torch.device("cpu"), "torch", encode_on_device="on")
     encode, box_slots_encoded = ops.encode, []
 
     def logged_encode(boxes, labels, num_boxes):
