@@ -42,7 +42,7 @@ from ssd_ds.speedups import (build_optimizer, build_training_setup, load_compile
 log = logging.getLogger("ssd_ds.train")
 
 
-def check_box_counts(dataset: CocoDetection, max_boxes: int) -> None:
+def check_dataset_box_counts(dataset: CocoDetection, max_boxes: int) -> None:
     """The device encodes at most --max_boxes boxes an image: an image with more would fail in a loader worker
     mid-epoch, so the annotations are checked once, at start-up. (Augmentation only removes boxes.)"""
     most = max(dataset.records, key=lambda rec: len(rec.labels))
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> RunState:
     train_set = CocoDetection(cfg.data, "train", decode=not decode_on_device)
     val_set = CocoDetection(cfg.data, "val", skip_to_next=False)
     if encode_on_device:
-        check_box_counts(train_set, cfg.max_boxes)
+        check_dataset_box_counts(train_set, cfg.max_boxes)
     model_cfg = build_model_config(cfg.model, num_classes=train_set.num_classes)
     if decode_on_device:
         train_set.transform = CompressedTrainTransform(CROP_MAX_SAMPLES, cfg.max_boxes)

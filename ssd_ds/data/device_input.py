@@ -38,7 +38,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg
 
 from ssd_ds.data.batch import Batch, pad_boxes
 from ssd_ds.data.coco import ImageRecord
-from ssd_ds.data.transforms import (CONTRAST, CROP_MAX_SAMPLES, HUE, SATURATION, apply_crop, check_box_count,
+from ssd_ds.data.transforms import (CONTRAST, CROP_MAX_SAMPLES, HUE, SATURATION, apply_crop, check_sample_box_count,
                                    draw_augmentation, window_pixels)
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class CompressedTrainTransform:
             boxes, labels = apply_crop(boxes, labels, draw.window)
         if draw.flip:
             boxes = torch.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], dim=1)
-        check_box_count(rec, len(labels), self.max_boxes)
+        check_sample_box_count(rec, len(labels), self.max_boxes)
         colour = torch.tensor(draw.colour, dtype=torch.float32)
         # clamp, as TrainTransform does: the crop's float arithmetic can leave 1 + 1e-7 at an edge
         return CompressedSample(data, torch.tensor(window_px), draw.flip, colour, draw.colour_order, boxes.clamp(0, 1),

@@ -145,7 +145,7 @@ def window_pixels(window: tuple[float, float, float, float], width: int, height:
     return int(l * width), int(t * height), int(r * width), int(b * height)
 
 
-def check_box_count(rec, count: int, max_boxes: int) -> None:
+def check_sample_box_count(rec, count: int, max_boxes: int) -> None:
     """The device encodes at most `max_boxes` boxes an image: an augmented sample with more is an error naming it."""
     if count > max_boxes:
         raise BadInput(f"{rec.path}: {count} boxes after augmentation, more than max_boxes {max_boxes}; "
@@ -196,7 +196,7 @@ class TrainTransform:
         image, boxes, labels = self.augment(image, rec.boxes_ltrb, rec.labels)
         if self.coder is not None:
             return TrainSample(image, boxes, labels, *self.coder.encode(boxes, labels), skipped)
-        check_box_count(rec, len(labels), self.max_boxes)
+        check_sample_box_count(rec, len(labels), self.max_boxes)
         return TrainSample(image, boxes, labels, None, None, skipped)
 
 
