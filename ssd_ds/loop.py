@@ -58,13 +58,20 @@ def client_state(state: RunState, sampler: TrainSampler, cfg: RunConfig) -> dict
 
 def train_step(engine, batch: Batch, memory_format: torch.memory_format, encode=None):
     """One micro-batch already on the device: forward, backward (DeepSpeed scales for accumulation), step at the
-    boundary. Images are normalised here; boxes the workers did not encode are encoded here, by `encode(boxes,
-    labels, num_boxes)` (the run's one encoder on the device)."""
+    boundary. Images are normalised here. `encode` is the run's decision of who encodes the boxes (`DeviceOps.encode`):
+    None when the loader workers did, so the batch carries the targets; otherwise `encode(boxes, labels, num_boxes)`,
+    the run's one encoder on the device, encodes them here. A batch that disagrees with the decision is an error."""
     images = normalize_images(batch.images, memory_format)
-    if batch.loc_t is None:
-        loc_t, labels_t = encode(batch.boxes, batch.labels, batch.num_boxes)
-    else:
+    if encode is None:
+        if batch.loc_t is None:
+            raise ValueError("train_step: the run encodes in the loader workers (no encode given), but the batch "
+                             "carries no encoded targets")
         loc_t, labels_t = batch.loc_t, batch.labels_t
+    else:
+        if batch.loc_t is not None:
+            raise ValueError("train_step: the run encodes on the device (encode given), but the batch already carries "
+                             "targets encoded by the loader workers")
+        loc_t, labels_t = encode(batch.boxes, batch.labels, batch.num_boxes)
     loss, loc, conf = engine(images, loc_t, labels_t)
     engine.backward(loss)
     engine.step()

@@ -3,7 +3,8 @@
 A batch always carries the augmented boxes, padded, with their labels and counts; when the loader workers encoded
 them against the default boxes (the CPU path) it also carries the encoded targets, and otherwise the device encodes
 them in the step (`ssd_ds.loop.train_step`). Which of the two happens is decided once per run
-(`ssd_ds.speedups.should_encode_on_device`), never inferred from the tensors.
+(`ssd_ds.train.input_on_device`) and reaches the step as `DeviceOps.encode` (None: the workers encode); the step
+follows that decision and raises on a batch that disagrees with it, never inferring it from the tensors.
 """
 
 from __future__ import annotations
