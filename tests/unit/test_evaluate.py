@@ -14,6 +14,7 @@ from ssd_ds.evaluate import STAT_NAMES, BackgroundEvaluator, coco_eval, detect_b
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
 from ssd_ds.speedups import apply_kernels
+from tests.helpers import CallLog
 
 
 def fake_detections(ann_file, seed=0):
@@ -88,18 +89,6 @@ def test_background_evaluator_does_not_block(synthetic_dataset, tmp_path):
         evaluator.poll()
     assert work > 0
     evaluator.close()
-
-
-class CallLog(torch.nn.Module):
-    """The model, noting (batch size, training mode) of every call."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.calls = model, []
-
-    def forward(self, images):
-        self.calls.append((images.shape[0], self.training))
-        return self.model(images)
 
 
 def test_padded_evaluation_detects_what_unpadded_does(synthetic_dataset):

@@ -16,8 +16,7 @@ from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
 from ssd_ds.speedups import Engine, apply_kernels, load_compile_cache, save_compile_cache, warm_up
 from ssd_ds.step import SSDTrainStep
-from tests.helpers import REPO
-from tests.test_evaluate import CallLog
+from tests.helpers import REPO, CallLog
 
 
 def test_throughput_timer_is_off_on_cuda_and_a_config_keeps_its_own_choice():

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from ssd_ds.checkpoint import INFERENCE_FILE, load_inference
-from tests.helpers import REPO, env, metrics, train_args
-from tests.test_train import run_train
+from tests.helpers import REPO, env, metrics, run_train, train_args
 
 
 @pytest.fixture(scope="module")

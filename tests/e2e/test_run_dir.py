@@ -8,8 +8,7 @@ import sys
 from ssd_ds.mlperf_log import log_records
 from ssd_ds.run_config import demo, from_file
 from ssd_ds.run_dir import open_run_dir
-from tests.helpers import REPO, env, train_args
-from tests.test_train import checker, losses, run_train
+from tests.helpers import REPO, checker, env, losses, run_train, train_args
 
 SHORT = ("--epochs", "2", "--eval_epochs", "9", "--eval_every", "9", "--log_every", "1")
 
