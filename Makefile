@@ -2,8 +2,8 @@
 # .venv, installs what it needs at the versions pinned in constraints.txt when a requirements file changed, builds
 # DeepSpeed's JIT op for CPU collectives once (never first inside a test that kills processes), then runs.
 #   demo: requirements.txt (the trainer's runtime)
-#   test: that, plus requirements-export.txt (the tests cover the ONNX export) and
-#   requirements-test.txt (pytest, pytest-xdist)
+#   test, lint: that, plus requirements-export.txt (the tests cover the ONNX export) and
+#   requirements-test.txt (pytest, pytest-xdist, ruff)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -15,7 +15,7 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 # (ssd_ds.distributed.setup_process_env), the tests and the DeepSpeed launcher all use the environment's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv venv-test demo test
+.PHONY: venv venv-test demo test lint
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -40,3 +40,7 @@ demo: $(STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q -n auto --maxprocesses 4 tests
 	PYTHON=$(PY) bash scripts/gpu/triton_compat.sh
+
+# Lint and import order (pyproject.toml's [tool.ruff]); not yet part of `make test`.
+lint: $(TEST_STAMP)
+	$(PY) -m ruff check .
