@@ -2,7 +2,7 @@
 # .venv, installs what it needs at the versions pinned in constraints.txt when a requirements file changed, builds
 # DeepSpeed's JIT op for CPU collectives once (never first inside a test that kills processes), then runs.
 #   demo: requirements.txt (the trainer's runtime)
-#   test, lint: that, plus requirements-export.txt (the tests cover the ONNX export) and
+#   test, test-fast, lint: that, plus requirements-export.txt (the tests cover the ONNX export) and
 #   requirements-test.txt (pytest, pytest-xdist, ruff)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,7 +15,7 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 # (ssd_ds.distributed.setup_process_env), the tests and the DeepSpeed launcher all use the environment's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv venv-test demo test lint
+.PHONY: venv venv-test demo test test-fast lint
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -40,6 +40,10 @@ demo: $(STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q -n auto --maxprocesses 4 tests
 	PYTHON=$(PY) bash scripts/gpu/triton_compat.sh
+
+# The inner loop: unit and kernel tests, without those marked slow (about 2 minutes on 2 cores).
+test-fast: $(TEST_STAMP)
+	$(PY) -m pytest -q -n auto --maxprocesses 4 -m "not slow" tests/unit tests/kernels
 
 # Lint and import order (pyproject.toml's [tool.ruff]); not yet part of `make test`.
 lint: $(TEST_STAMP)

@@ -10,6 +10,8 @@ import pytest
 
 from tests.helpers import REPO, checker, env, free_port, losses, metrics, run_train, train_args
 
+pytestmark = pytest.mark.slow  # every test here launches the trainer
+
 
 DEVICE_AP_TOLERANCE = 0.08  # the demo's AP moves 0.04-0.05 between two seeds at epochs 2-3 (BENCHMARKS.md)
 

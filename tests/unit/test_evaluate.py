@@ -61,6 +61,7 @@ def test_coco_eval_equals_direct_pycocotools(synthetic_dataset, backend):
         coco_eval(ann_file, array, "fast")
 
 
+@pytest.mark.slow
 def test_background_evaluator_survives_a_killed_worker(synthetic_dataset, tmp_path):
     ann_file = synthetic_dataset / "annotations" / "instances_val2017.json"
     _, array = fake_detections(str(ann_file))
@@ -74,6 +75,7 @@ def test_background_evaluator_survives_a_killed_worker(synthetic_dataset, tmp_pa
     evaluator.close()
 
 
+@pytest.mark.slow
 def test_background_evaluator_does_not_block(synthetic_dataset, tmp_path):
     ann_file = synthetic_dataset / "annotations" / "instances_val2017.json"
     _, array = fake_detections(str(ann_file))
@@ -91,6 +93,7 @@ def test_background_evaluator_does_not_block(synthetic_dataset, tmp_path):
     evaluator.close()
 
 
+@pytest.mark.slow
 def test_padded_evaluation_detects_what_unpadded_does(synthetic_dataset):
     """`pad_to` (the compiled trainer's evaluation) runs the model at one batch size only, the last, partial batch
     filled up with black images, and gives exactly the detections of running each batch as it is."""

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 from deepspeed.utils.config import get_timers_config
 
@@ -58,6 +59,7 @@ def test_shared_memory_check_names_the_docker_flags_when_batches_do_not_fit(tmp_
     assert 2.0e9 < shared_memory_needed(batch, workers=8) < 2.2e9
 
 
+@pytest.mark.slow
 def test_warm_up_encodes_at_every_box_slot_count_and_evaluates_one_full_batch():
     """The warm-up meets the shapes the run will: the encoding at every G the loader pads boxes to (8 ... 128 for
     --max_boxes 100: ssd_ds.data.batch.box_slots), the evaluation model in eval mode on one batch of eval_batch
