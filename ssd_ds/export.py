@@ -101,8 +101,8 @@ def export(detector: Detector, fmt: str, output: Path, example: torch.Tensor, me
             try:
                 import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
             except ImportError:
-                raise SystemExit("error: --format onnx needs the onnx and onnxscript packages (pip install onnx "
-                                 "onnxscript; onnxruntime to check the export)") from None
+                raise SystemExit("error: --format onnx needs onnx, onnxscript and onnxruntime, the export group: "
+                                 "pip install -r requirements-export.txt -c constraints.txt") from None
             program = torch.onnx.export(detector, (example,), dynamo=True, input_names=["images"],
                                         output_names=list(OUTPUT_NAMES), dynamic_shapes={"images": {0: batch}},
                                         custom_translation_table=_onnx_multiclass_nms(), verbose=False)
