@@ -93,6 +93,7 @@ def test_reports_spills_compile_errors_and_unreached_kernels(tmp_path):
     assert lines[2] == "_never_kernel: no launch compiled it"
 
 
+@pytest.mark.slow
 def test_refuses_in_the_interpreter(tmp_path):
     result = run(["-m", "triton_kernels.compile_check"], tmp_path, interpret=True)
     assert result.returncode == 2

@@ -85,6 +85,7 @@ def test_warm_up_encodes_at_every_box_slot_count_and_evaluates_one_full_batch():
     assert all(p.grad is None for p in model.parameters()) and torch.equal(torch.get_rng_state(), rng)
 
 
+@pytest.mark.slow
 def test_compile_cache_artifacts_round_trip(tmp_path):
     """What a compiled run saves after its warm-up, a later one loads before it (--compile_cache)."""
     assert not load_compile_cache(str(tmp_path / "absent.bin"))
