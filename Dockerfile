@@ -1,5 +1,5 @@
-# Training image: CUDA base, requirements at the versions of constraints.txt (torch 2.14.1 brings its own CUDA 13
-# libraries), the repo installed.
+# Training image: CUDA base, the runtime requirements (requirements.txt; not the optional export and test groups) at
+# the versions of constraints.txt (torch 2.14.1 brings its own CUDA 13 libraries), the repo installed.
 #   docker build -t ssd_ds .
 #   source scripts/launch/config_DGXA100.sh
 #   CONT=ssd_ds DATADIR=/data/coco LOGDIR=/results scripts/launch/run_with_docker.sh

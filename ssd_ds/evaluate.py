@@ -89,7 +89,7 @@ def coco_eval(ann_file: str, detections: np.ndarray, backend: str = "faster") ->
     """COCOeval (bbox) over every image of the annotation file; AP, AP50, AP75, ... by name.
 
     `backend` "faster" is faster-coco-eval, a C++ implementation of pycocotools' algorithm (its AP equals
-    pycocotools' on the same detections: tests/test_evaluate.py), "pycocotools" the reference itself."""
+    pycocotools' on the same detections: tests/unit/test_evaluate.py), "pycocotools" the reference itself."""
     if backend == "faster":
         from faster_coco_eval import COCO
         from faster_coco_eval import COCOeval_faster as COCOeval

@@ -33,7 +33,7 @@ from ssd_ds.checkpoint import load_inference
 from ssd_ds.errors import BadInput
 from ssd_ds.evaluate import inference_ops
 from ssd_ds.fileio import atomic_open
-from ssd_ds.postprocess import Detections, PostprocessConfig, _nms_by_group, decode_scores, select_detections
+from ssd_ds.postprocess import Detections, PostprocessConfig, decode_scores, nms_by_group, select_detections
 
 FORMATS = ("onnx", "exported_program")
 METADATA_KEY = "ssd_ds"
@@ -48,7 +48,7 @@ def multiclass_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: flo
     maps it onto NonMaxSuppression (`_onnx_multiclass_nms`); here, the trainer's NMS."""
     C = scores.shape[1]
     image, cls, anchor = (scores > score_threshold).nonzero(as_tuple=True)
-    kept = _nms_by_group(boxes[image, anchor], scores[image, cls, anchor], image * C + cls, iou_threshold)
+    kept = nms_by_group(boxes[image, anchor], scores[image, cls, anchor], image * C + cls, iou_threshold)
     return torch.stack([image, cls, anchor], dim=1)[kept]
 
 
@@ -101,8 +101,8 @@ def export(detector: Detector, fmt: str, output: Path, example: torch.Tensor, me
             try:
                 import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
             except ImportError:
-                raise SystemExit("error: --format onnx needs the onnx and onnxscript packages (pip install onnx "
-                                 "onnxscript; onnxruntime to check the export)") from None
+                raise SystemExit("error: --format onnx needs onnx, onnxscript and onnxruntime, the export group: "
+                                 "pip install -r requirements-export.txt -c constraints.txt") from None
             program = torch.onnx.export(detector, (example,), dynamo=True, input_names=["images"],
                                         output_names=list(OUTPUT_NAMES), dynamic_shapes={"images": {0: batch}},
                                         custom_translation_table=_onnx_multiclass_nms(), verbose=False)

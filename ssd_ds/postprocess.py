@@ -39,7 +39,7 @@ def detect_image(
     labels = torch.arange(1, C, device=scores.device).expand(k, C - 1)[keep]
     cand_scores = top_scores[keep]
     cand_boxes = boxes_ltrb[anchor_idx]
-    kept = _nms_by_group(cand_boxes, cand_scores, labels, cfg.nms_iou)[: cfg.max_detections]
+    kept = nms_by_group(cand_boxes, cand_scores, labels, cfg.nms_iou)[: cfg.max_detections]
     return cand_boxes[kept], cand_scores[kept], labels[kept]
 
 
@@ -80,7 +80,7 @@ def select_detections(
         labels = torch.arange(1, C, device=scores.device).expand_as(top_idx)[keep]
         cand_scores = top_scores[keep]
         cand_boxes = boxes_ltrb[image, top_idx[keep]]
-        kept = _nms_by_group(cand_boxes, cand_scores, image * C + labels, cfg.nms_iou)  # score order, all images
+        kept = nms_by_group(cand_boxes, cand_scores, image * C + labels, cfg.nms_iou)  # score order, all images
     else:  # the top-k as a dense [B, C-1, A] score map (0 elsewhere), thresholded and NMSed by the op
         dense = torch.zeros_like(scores[:, :, 1:]).scatter(1, top_idx, top_scores).transpose(1, 2)
         image, cls, anchor = multiclass_nms(boxes_ltrb, dense, cfg.nms_iou, cfg.score_threshold).unbind(1)
@@ -108,7 +108,7 @@ def _first_per_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Te
     return out
 
 
-def _nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou: float) -> torch.Tensor:
+def nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou: float) -> torch.Tensor:
     """Indices kept by greedy NMS within each group, in decreasing score: torchvision's coordinate trick, always
     (batched_nms switches to a Python loop over groups for large inputs: thousands of image-class groups here).
 

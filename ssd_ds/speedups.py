@@ -8,7 +8,7 @@ start-up broadcast views every parameter as bytes, which needs the default layou
 lazily, at the first step, so it still sees the final layout.
 
 Everything that lives on the device is built for the device here (`DeviceOps`): the default boxes that evaluation
-decodes against and that on-device encoding matches against. `tests/test_fake_cuda.py` runs these paths with fake
+decodes against and that on-device encoding matches against. `tests/unit/test_fake_cuda.py` runs these paths with fake
 CUDA tensors, which raise on any CPU tensor mixed into them.
 """
 

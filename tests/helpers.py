@@ -1,10 +1,14 @@
-"""What the end-to-end tests share: how they launch the trainer on the generated data set, and read what it wrote."""
+"""What test modules share (no test module imports another): how the end-to-end tests launch the trainer on the
+generated data set and read what it wrote, and a model wrapper that notes its calls."""
 
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_TEST_CONFIG = str(REPO / "ds_configs" / "cpu_test_fp32.json")
@@ -33,3 +37,35 @@ def free_port() -> int:
 def metrics(run_dir):
     """The records of a run's metrics.jsonl."""
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_train(args, check=True, timeout=600, **environ):
+    """The trainer in its own process with `args` (and `environ` added to its environment)."""
+    proc = subprocess.run([sys.executable, "-m", "ssd_ds.train", *args], cwd=REPO, env=env(**environ),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"trainer failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def losses(run_dir):
+    """Per-iteration losses; for iterations logged twice (a resumed run) the later line wins."""
+    return {m["iteration"]: m["loss"] for m in metrics(run_dir) if "iteration" in m}
+
+
+def checker(log_file, cwd):
+    """The official checker (it writes compliance_checker.log into its working directory)."""
+    return subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
+                           "--ruleset", "0.7.0", str(log_file)], capture_output=True, text=True, env=env(), cwd=cwd)
+
+
+class CallLog(torch.nn.Module):
+    """The model, noting (batch size, training mode) of every call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, images):
+        self.calls.append((images.shape[0], self.training))
+        return self.model(images)

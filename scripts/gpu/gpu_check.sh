@@ -5,7 +5,7 @@
 #
 #   scripts/gpu/gpu_check.sh [--compile-cache FILE]   on the GPU machine (carry .whl/ from scripts/gpu/gpu_wheels.sh)
 #   scripts/gpu/gpu_check.sh --dry-run                the same steps on CPU at tiny sizes (Triton's interpreter, gloo);
-#                                                     tested in CI (tests/test_gpu_check.py)
+#                                                     tested in CI (tests/tooling/test_gpu_check.py)
 #
 # Riskiest and most valuable first:
 #   data   synthetic COCO-layout data with COCO-sized JPEGs (480-640 px a side), every 4th progressive;
@@ -118,7 +118,7 @@ else
   fi
 fi
 # every test that needs CUDA outside tests/kernels (skipped in a dry run)
-CUDA_TESTS="tests/data/test_device_input.py::test_cuda_decode_falls_back_per_image"
+CUDA_TESTS="tests/unit/data/test_device_input.py::test_cuda_decode_falls_back_per_image"
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 PY WORK MODEL TRAIN_IMAGES VAL_IMAGES MIN_SIZE MAX_SIZE
 export WORKERS COMPILE EVAL_BATCH DS_CONFIG MICRO PROBE_ITERS RACE_BATCH RACE_ITERS LOADER_BATCHES
 # On the GPU machine a fresh directory for JIT-built ops (no lock file left by anyone else); a dry run keeps the

@@ -16,7 +16,7 @@
 # wheel from its sdist with the project's .venv (DS_BUILD_OPS=0: pure Python, ops JIT-built on the GPU machine), then
 # checks the set: one wheel of each listed package at its pinned version and no other, every wheel installable on
 # CPython 3.12 manylinux x86_64, every runtime requirement met by the set or the image, under 64 MiB in all. It prints
-# each wheel with its size and exits 1 if a check fails. Idempotent. tests/test_gpu_wheels.py reads the two lists
+# each wheel with its size and exits 1 if a check fails. Idempotent. tests/tooling/test_gpu_wheels.py reads the two lists
 # below (keep their markers) and checks that every third-party import of the project is in one of them.
 #   PYTHON=python3 (downloads, pip >= 22.2)   DS_BUILD_PYTHON=.venv/bin/python (needs torch, setuptools, packaging)
 set -euo pipefail

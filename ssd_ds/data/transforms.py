@@ -110,7 +110,7 @@ def draw_augmentation(boxes_rel: torch.Tensor, max_crop_samples: int = CROP_MAX_
 
     The flip and the jitter draw what torchvision's RandomHorizontalFlip (one torch.rand(1), flipping below p) and
     ColorJitter (its make_params) draw, so applying them gives those transforms' samples, bit for bit
-    (tests/data/test_coco_pipeline.py). The order of these calls is the order of the stream: every sample, and so
+    (tests/unit/data/test_coco_pipeline.py). The order of these calls is the order of the stream: every sample, and so
     exact resume, depends on it."""
     window = ssd_crop_window(boxes_rel, max_crop_samples)
     flip = bool(torch.rand(1) < FLIP_P)

@@ -12,6 +12,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["bench_loss", "bench_decode", "bench_encode"])
 def test_benchmark_refuses_without_a_gpu_or_in_the_interpreter(name):
     # With TRITON_INTERPRET=1 every machine must refuse: without a GPU for that reason, with one for the interpreter.

@@ -31,6 +31,7 @@ def run(args, tmp_path, interpret=False):
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [90, 80], ids=["sm_90", "sm_80"])
 def test_every_kernel_compiles_at_the_real_sizes_without_spills(arch, tmp_path):
     out = tmp_path / "compile.csv"
@@ -47,6 +48,7 @@ def test_every_kernel_compiles_at_the_real_sizes_without_spills(arch, tmp_path):
     assert f"triton {triton.__version__}" in result.stdout  # the subprocess compiled with this process's triton
 
 
+@pytest.mark.slow
 def test_reports_spills_compile_errors_and_unreached_kernels(tmp_path):
     script = tmp_path / "toy.py"
     script.write_text(textwrap.dedent('''
@@ -91,6 +93,7 @@ def test_reports_spills_compile_errors_and_unreached_kernels(tmp_path):
     assert lines[2] == "_never_kernel: no launch compiled it"
 
 
+@pytest.mark.slow
 def test_refuses_in_the_interpreter(tmp_path):
     result = run(["-m", "triton_kernels.compile_check"], tmp_path, interpret=True)
     assert result.returncode == 2

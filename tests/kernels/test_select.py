@@ -35,6 +35,7 @@ def test_torch_backend_is_the_reference():
         assert callable(op_fn(op, "triton"))
 
 
+@pytest.mark.slow
 def test_trainer_step_is_the_same_with_either_backend(device):
     # The cpu_small model (A = 1532, C = 21) on generated images: targets from each backend's encoder, then loss
     # and parameter gradients from each backend's loss.

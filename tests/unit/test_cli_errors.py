@@ -86,11 +86,13 @@ def trainer_runs(synthetic_dataset, tmp_path_factory):
 @pytest.mark.parametrize("case", ["missing data directory", "no train2017", "malformed annotations",
                                   "empty images list", "missing DeepSpeed config", "batch mismatch",
                                   "malformed DeepSpeed config, deepspeed launcher"])
+@pytest.mark.slow
 def test_trainer_user_error_is_one_line(trainer_runs, case):
     proc, names = trainer_runs[case]
     assert_one_error_line(proc, *names)
 
 
+@pytest.mark.slow
 def test_launch_check_malformed_hostfile(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("node1 slots=8\nnode2 slots = eight\n")

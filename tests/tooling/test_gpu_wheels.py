@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu" / "gpu_wheels.sh"
 SCANNED = ("ssd_ds", "triton_kernels", "tests", "scripts")  # the trainer, the tests and benchmarks run on the GPU
 FIRST_PARTY = {"ssd_ds", "triton_kernels", "tests"}

@@ -14,6 +14,7 @@ from ssd_ds.evaluate import STAT_NAMES, BackgroundEvaluator, coco_eval, detect_b
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
 from ssd_ds.speedups import build_device_ops
+from tests.helpers import CallLog
 
 
 def fake_detections(ann_file, seed=0):
@@ -60,6 +61,7 @@ def test_coco_eval_equals_direct_pycocotools(synthetic_dataset, backend):
         coco_eval(ann_file, array, "fast")
 
 
+@pytest.mark.slow
 def test_background_evaluator_survives_a_killed_worker(synthetic_dataset, tmp_path):
     ann_file = synthetic_dataset / "annotations" / "instances_val2017.json"
     _, array = fake_detections(str(ann_file))
@@ -73,6 +75,7 @@ def test_background_evaluator_survives_a_killed_worker(synthetic_dataset, tmp_pa
     evaluator.close()
 
 
+@pytest.mark.slow
 def test_background_evaluator_does_not_block(synthetic_dataset, tmp_path):
     ann_file = synthetic_dataset / "annotations" / "instances_val2017.json"
     _, array = fake_detections(str(ann_file))
@@ -90,18 +93,7 @@ def test_background_evaluator_does_not_block(synthetic_dataset, tmp_path):
     evaluator.close()
 
 
-class CallLog(torch.nn.Module):
-    """The model, noting (batch size, training mode) of every call."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.calls = model, []
-
-    def forward(self, images):
-        self.calls.append((images.shape[0], self.training))
-        return self.model(images)
-
-
+@pytest.mark.slow
 def test_padded_evaluation_detects_what_unpadded_does(synthetic_dataset):
     """`pad_to` (the compiled trainer's evaluation) runs the model at one batch size only, the last, partial batch
     filled up with black images, and gives exactly the detections of running each batch as it is."""

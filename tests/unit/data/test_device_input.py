@@ -105,6 +105,7 @@ def records(synthetic_dataset) -> list[ImageRecord]:
     return CocoDetection(synthetic_dataset, "train").records
 
 
+@pytest.mark.slow
 def test_same_seed_draws_the_same_parameters(records):
     cpu, device = TrainTransform(32, None), CompressedTrainTransform()
     windows_moved = 0
@@ -185,6 +186,7 @@ def test_window_is_clamped_to_the_decoded_image(records):
     assert torch.equal(images[0], images[1])
 
 
+@pytest.mark.slow
 def test_pixels_close_to_the_cpu_path(records):
     """The same sample and seed through TrainTransform and the device path, at the real size.
 
@@ -226,6 +228,7 @@ def channel_stats(images: torch.Tensor) -> np.ndarray:
     return torch.cat([x.mean((2, 3)), x.std((2, 3))], dim=1).numpy()
 
 
+@pytest.mark.slow
 def test_distributions_match_the_cpu_path(records, monkeypatch):
     """Two-sample tests, CPU path against device path over the same images with independent seeds, on the crop
     (area, aspect, least IoU with the boxes), the flip rate and the images' channel means and spreads; then the same

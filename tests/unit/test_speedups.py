@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 from deepspeed.utils.config import get_timers_config
 
@@ -16,8 +17,7 @@ from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
 from ssd_ds.speedups import TrainingSetup, build_device_ops, load_compile_cache, save_compile_cache, warm_up
 from ssd_ds.step import SSDTrainStep
-from tests.helpers import REPO
-from tests.test_evaluate import CallLog
+from tests.helpers import REPO, CallLog
 
 
 def test_throughput_timer_is_off_on_cuda_and_a_config_keeps_its_own_choice():
@@ -59,6 +59,7 @@ def test_shared_memory_check_names_the_docker_flags_when_batches_do_not_fit(tmp_
     assert 2.0e9 < shared_memory_needed(batch, workers=8) < 2.2e9
 
 
+@pytest.mark.slow
 def test_warm_up_encodes_at_every_box_slot_count_and_evaluates_one_full_batch():
     """The warm-up meets the shapes the run will: the encoding at every G the loader pads boxes to (8 ... 128 for
     --max_boxes 100: ssd_ds.data.batch.box_slots), the evaluation model in eval mode on one batch of eval_batch
@@ -84,6 +85,7 @@ def test_warm_up_encodes_at_every_box_slot_count_and_evaluates_one_full_batch():
     assert all(p.grad is None for p in model.parameters()) and torch.equal(torch.get_rng_state(), rng)
 
 
+@pytest.mark.slow
 def test_compile_cache_artifacts_round_trip(tmp_path):
     """What a compiled run saves after its warm-up, a later one loads before it (--compile_cache)."""
     assert not load_compile_cache(str(tmp_path / "absent.bin"))

@@ -9,12 +9,15 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import REPO
 
 STEPS = ("data", "train", "phases", "race", "loader", "tests")
 GPU_BUDGET_S = 450  # seconds of run time a GPU check may take, the machine's start-up aside
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_runs_every_step_of_the_plan_and_packs_at_most_eight_files(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, TMPDIR=str(tmp_path),

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ssd_ds.loss import ssd_loss
@@ -6,6 +7,7 @@ from ssd_ds.model_config import cpu_small
 from ssd_ds.step import SSDTrainStep
 
 
+@pytest.mark.slow
 def test_training_step_has_no_graph_breaks():
     cfg = cpu_small(num_classes=5)
     step = SSDTrainStep(build_model(cfg), ssd_loss)

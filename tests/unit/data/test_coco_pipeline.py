@@ -125,6 +125,7 @@ def torchvision_augment(image, boxes_px, labels, size):
     return image, (boxes.as_subclass(torch.Tensor) / size).clamp_(0, 1), labels
 
 
+@pytest.mark.slow
 def test_train_transform_is_torchvisions_pipeline(synthetic_dataset):
     """TrainTransform's samples are torchvision's pipeline's bit for bit (image, boxes, labels, encoded targets), and
     leave the RNG where it does: the draw order that exact resume and the CPU demo's AP depend on. Over seeds that
@@ -265,6 +266,7 @@ def test_images_ship_as_uint8_and_normalise_on_the_device_as_the_workers_did(syn
     assert torch.equal(got, want)
 
 
+@pytest.mark.slow
 def test_batches_pad_boxes_to_a_power_of_two_above_their_largest_count(synthetic_dataset):
     from ssd_ds.box_coder import encode_batch
 

@@ -5,11 +5,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from ssd_ds.mlperf_log import log_records
 from ssd_ds.run_config import demo, from_file
 from ssd_ds.run_dir import open_run_dir
-from tests.helpers import REPO, env, train_args
-from tests.test_train import checker, losses, run_train
+from tests.helpers import REPO, checker, env, losses, run_train, train_args
 
 SHORT = ("--epochs", "2", "--eval_epochs", "9", "--eval_every", "9", "--log_every", "1")
 
@@ -18,6 +19,7 @@ def mllog_keys(path):
     return [record["key"] for record in log_records(path)]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_logs_a_marked_continuation_segment_and_the_times_add_up(synthetic_dataset, tmp_path):
     run_dir = tmp_path / "run"
     run_train(train_args(synthetic_dataset, run_dir, *SHORT, "--max_iters", "6", "--checkpoint_every", "3"))
@@ -49,6 +51,7 @@ def test_a_resumed_run_logs_a_marked_continuation_segment_and_the_times_add_up(s
     assert sorted(losses(run_dir)) == list(range(1, 11))
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_used_directory_is_refused_and_nothing_is_lost(synthetic_dataset, tmp_path):
     run_dir = tmp_path / "run"
     run_train(train_args(synthetic_dataset, run_dir, *SHORT, "--max_iters", "2"))
@@ -66,6 +69,7 @@ def test_a_second_run_into_a_used_directory_is_refused_and_nothing_is_lost(synth
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_resume_auto_without_a_checkpoint_starts_afresh_and_keeps_the_earlier_attempt(synthetic_dataset, tmp_path):
     run_dir = tmp_path / "run"
     run_train(train_args(synthetic_dataset, run_dir, *SHORT, "--max_iters", "2"))  # no checkpoint before the end
@@ -76,6 +80,7 @@ def test_resume_auto_without_a_checkpoint_starts_afresh_and_keeps_the_earlier_at
     assert sorted(losses(run_dir)) == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_start_that_failed_leaves_nothing_that_blocks_the_next_one(synthetic_dataset, tmp_path):
     run_dir = tmp_path / "run"
     bad = tmp_path / "bad.json"
@@ -89,6 +94,7 @@ def test_a_start_that_failed_leaves_nothing_that_blocks_the_next_one(synthetic_d
     assert mllog_keys(run_dir / "mlperf.log").count("init_start") == 1
 
 
+@pytest.mark.slow
 def test_more_boxes_than_max_boxes_fails_at_start_naming_the_image(synthetic_dataset, tmp_path):
     proc = run_train(train_args(synthetic_dataset, tmp_path / "run", *SHORT, "--encode_on_device", "on",
                                 "--max_boxes", "2"), check=False)

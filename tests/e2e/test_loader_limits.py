@@ -14,6 +14,8 @@ import pytest
 
 from tests.helpers import REPO, env, free_port, train_args
 
+pytestmark = pytest.mark.slow  # every test here launches the trainer or a loader process
+
 MICRO_BATCH = 912  # the H200 config's whole global batch in one step (ds_configs/h200_1x912_bf16.json: 456 x 2)
 WORKERS = 8
 FD_LIMIT = 1024

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from ssd_ds.bench import compiled_graphs, fresh_compile_state
@@ -30,6 +31,7 @@ def test_graph_count_tells_a_static_graph_from_a_dynamic_recompile():
     assert (fresh.graphs, fresh.dynamic) == (1, 0)
 
 
+@pytest.mark.slow
 def test_bench_train_times_the_trainers_configuration_with_one_static_graph_per_micro_batch(synthetic_dataset,
                                                                                            tmp_path):
     ds = tmp_path / "ds.json"

@@ -65,6 +65,7 @@ def test_unreachable_host_fails_fast(tmp_path):
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.slow
 def test_a_dying_rank_ends_the_whole_run(synthetic_dataset, tmp_path):
     run_dir = tmp_path / "dies"
     # dist_timeout leaves rank 0 room to start on a loaded machine (rank 1 waits that long for its rendezvous); the
@@ -124,6 +125,7 @@ def two_namespaces():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+@pytest.mark.slow
 def test_two_nodes_in_network_namespaces(two_namespaces, synthetic_dataset, tmp_path):
     run_dir = tmp_path / "two_nodes"
     args = train_args(synthetic_dataset, run_dir, "--epochs", "1", "--log_every", "2", "--eval_epochs", "1",
@@ -153,6 +155,7 @@ def test_launch_scripts_parse():
         subprocess.run(["bash", "-n", str(script)], check=True)
 
 
+@pytest.mark.slow
 def test_run_and_time_prints_time_to_train(synthetic_dataset, tmp_path):
     system = tmp_path / "CPU.json"  # a system's config, as in configs/systems/: a preset and the fields it changes
     system.write_text(json.dumps({"preset": "mlperf", "deepspeed_config": CPU_TEST_CONFIG, "submission_platform": "CPU",

@@ -8,30 +8,12 @@ import time
 
 import pytest
 
-from tests.helpers import REPO, env, free_port, metrics, train_args
+from tests.helpers import REPO, checker, env, free_port, losses, metrics, run_train, train_args
+
+pytestmark = pytest.mark.slow  # every test here launches the trainer
 
 
 DEVICE_AP_TOLERANCE = 0.08  # the demo's AP moves 0.04-0.05 between two seeds at epochs 2-3 (BENCHMARKS.md)
-
-
-def run_train(args, check=True, timeout=600, **environ):
-    """The trainer in its own process with `args` (and `environ` added to its environment)."""
-    proc = subprocess.run([sys.executable, "-m", "ssd_ds.train", *args], cwd=REPO, env=env(**environ),
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"trainer failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def losses(run_dir):
-    """Per-iteration losses; for iterations logged twice (a resumed run) the later line wins."""
-    return {m["iteration"]: m["loss"] for m in metrics(run_dir) if "iteration" in m}
-
-
-def checker(log_file, cwd):
-    """The official checker (it writes compliance_checker.log into its working directory)."""
-    return subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
-                           "--ruleset", "0.7.0", str(log_file)], capture_output=True, text=True, env=env(), cwd=cwd)
 
 
 @pytest.mark.parametrize("input_path", ["cpu", "device"])

@@ -3,6 +3,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from ssd_ds import checkpoint
 
 
@@ -28,6 +30,7 @@ def _save_slowly(ckpt_dir):
     checkpoint.save(FileWritingEngine(b"second checkpoint bytes", slow=True), ckpt_dir, "epoch002", {}, keep=2)
 
 
+@pytest.mark.slow
 def test_kill_during_save_leaves_previous_checkpoint_loadable(tmp_path):
     ckpt_dir = tmp_path / "checkpoints"
     checkpoint.save(FileWritingEngine(b"first checkpoint bytes"), ckpt_dir, "epoch001", {}, keep=2)

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from ssd_ds.checkpoint import INFERENCE_FILE, load_inference
-from tests.helpers import REPO, env, metrics, train_args
-from tests.test_train import run_train
+from tests.helpers import REPO, env, metrics, run_train, train_args
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +24,7 @@ def evaluate(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_checkpoint_carries_what_inference_needs(trained, synthetic_dataset):
     from ssd_ds.data.coco import CocoDetection
 
@@ -41,6 +41,7 @@ def test_checkpoint_carries_what_inference_needs(trained, synthetic_dataset):
     assert locs.shape[:2] == logits.shape[:2] and logits.shape[2] == len(val.class_names)
 
 
+@pytest.mark.slow
 def test_evaluate_gives_the_trainers_figure(trained, synthetic_dataset):
     trainer_ap = [m for m in metrics(trained) if "eval_epoch" in m][-1]["stats"]["AP"]
     proc = evaluate("--checkpoint", trained, "--data", synthetic_dataset, "--workers", "1")
@@ -49,6 +50,7 @@ def test_evaluate_gives_the_trainers_figure(trained, synthetic_dataset):
     assert float(line.split()[-1]) == pytest.approx(trainer_ap, abs=5e-5) and trainer_ap > 0
 
 
+@pytest.mark.slow
 def test_evaluate_sharded_over_two_ranks_gives_the_same_figure(trained, synthetic_dataset):
     from tests.helpers import free_port
 
@@ -65,6 +67,7 @@ def test_evaluate_sharded_over_two_ranks_gives_the_same_figure(trained, syntheti
     assert all(printed[k] == pytest.approx(trainer_stats[k], abs=5e-5) for k in printed), (printed, trainer_stats)
 
 
+@pytest.mark.slow
 def test_missing_or_foreign_checkpoint_is_a_clear_error(trained, synthetic_dataset, tmp_path):
     proc = evaluate("--checkpoint", tmp_path / "absent", "--data", synthetic_dataset)
     assert proc.returncode == 2 and f"error: {tmp_path / 'absent'}: no model.pt there" in proc.stderr
@@ -80,6 +83,7 @@ def test_missing_or_foreign_checkpoint_is_a_clear_error(trained, synthetic_datas
     assert proc.returncode == 2 and "instances_val2017.json: its categories are not the checkpoint's" in proc.stderr
 
 
+@pytest.mark.slow
 def test_predict_draws_images_and_writes_results_pycocotools_loads(trained, synthetic_dataset, tmp_path):
     import json
     import shutil
@@ -112,6 +116,7 @@ def val_images(synthetic_dataset, count: int, size: int = 128) -> torch.Tensor:
     return torch.stack([val[i][0] for i in range(count)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "exported_program"])
 def test_export_gives_the_evaluations_detections(trained, synthetic_dataset, tmp_path, fmt):
     """The exported file (run by onnxruntime, or loaded as an ExportedProgram) on real images at batch sizes other
