@@ -45,6 +45,6 @@ test: $(TEST_STAMP)
 test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -n auto --maxprocesses 4 -m "not slow" tests/unit tests/kernels
 
-# Lint and import order (pyproject.toml's [tool.ruff]); not yet part of `make test`.
+# Lint and import order (pyproject.toml's [tool.ruff]); CI runs it before `make test` (.ci/run).
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check .

@@ -20,15 +20,19 @@ from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
 from ssd_ds.data.batch import collate_train
 from ssd_ds.data.coco import CocoDetection
-from ssd_ds.data.device_input import (CompressedTrainTransform, DevicePreparation, collate_compressed,
-                                      should_decode_on_device)
+from ssd_ds.data.device_input import (
+    CompressedTrainTransform,
+    DevicePreparation,
+    collate_compressed,
+    should_decode_on_device,
+)
 from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, check_shared_memory
 from ssd_ds.data.synthetic import ensure_synthetic
 from ssd_ds.data.transforms import CROP_MAX_SAMPLES, EvalTransform, TrainTransform
 from ssd_ds.distributed import barrier, init_distributed, setup_process_env
-from ssd_ds.loop import RunState, TrainingRun, evaluate_only, train
 from ssd_ds.errors import BadInput
 from ssd_ds.evaluate import BackgroundEvaluator
+from ssd_ds.loop import RunState, TrainingRun, evaluate_only, train
 from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import RESUMED_FROM, open_run_log
 from ssd_ds.model import build_model
@@ -36,8 +40,14 @@ from ssd_ds.model_config import build_model_config
 from ssd_ds.run_config import RunConfig, config_from_args
 from ssd_ds.run_dir import open_run_dir
 from ssd_ds.schedule import base_lr, lr_factor
-from ssd_ds.speedups import (build_optimizer, build_training_setup, load_compile_cache, save_compile_cache,
-                             should_encode_on_device, warm_up)
+from ssd_ds.speedups import (
+    build_optimizer,
+    build_training_setup,
+    load_compile_cache,
+    save_compile_cache,
+    should_encode_on_device,
+    warm_up,
+)
 
 log = logging.getLogger("ssd_ds.train")
 

@@ -31,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ssd_ds.loss import NEG_POS_RATIO, ssd_loss as ssd_loss_reference
+from ssd_ds.loss import NEG_POS_RATIO
+from ssd_ds.loss import ssd_loss as ssd_loss_reference
 from triton_kernels._common import NAMESPACE, check_device, softmax_rows
 
 __all__ = ["MAX_ANCHORS", "ssd_loss", "ssd_loss_reference"]

@@ -36,8 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ssd_ds.data.coco import CocoDetection  # noqa: E402
-from ssd_ds.data.device_input import (BatchDecoder, CompressedTrainTransform, DevicePreparation,  # noqa: E402
-                                      collate_compressed)
+from ssd_ds.data.device_input import BatchDecoder, CompressedTrainTransform, DevicePreparation, collate_compressed  # noqa: E402
 from ssd_ds.data.loaders import TrainSampler, build_train_loader  # noqa: E402
 from ssd_ds.data.transforms import CROP_MAX_SAMPLES  # noqa: E402
 

@@ -38,8 +38,16 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg
 
 from ssd_ds.data.batch import Batch, pad_boxes
 from ssd_ds.data.coco import ImageRecord
-from ssd_ds.data.transforms import (CONTRAST, CROP_MAX_SAMPLES, HUE, SATURATION, apply_crop, check_sample_box_count,
-                                   draw_augmentation, window_pixels)
+from ssd_ds.data.transforms import (
+    CONTRAST,
+    CROP_MAX_SAMPLES,
+    HUE,
+    SATURATION,
+    apply_crop,
+    check_sample_box_count,
+    draw_augmentation,
+    window_pixels,
+)
 
 log = logging.getLogger(__name__)
 

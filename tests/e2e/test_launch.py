@@ -15,6 +15,7 @@ import pytest
 from ssd_ds.launch import check_hostfile, parse_hostfile, wait_for_rendezvous
 from tests.helpers import CPU_TEST_CONFIG, REPO, env, free_port, metrics, train_args
 
+
 def test_every_hostfile_in_the_repo_parses():
     for path in (REPO / "hostfiles").iterdir():
         if path.name != "README.md":

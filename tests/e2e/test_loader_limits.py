@@ -25,7 +25,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding 
 
 @pytest.fixture(scope="module")
 def small_images(tmp_path_factory):
-    """Enough training images for 3 micro-batches of 912 once ~3% without boxes are dropped, small (48-64 px) so that they are quick to make."""
+    """Enough training images for 3 micro-batches of 912 once ~3% without boxes are dropped, small (48-64 px) so
+    that they are quick to make."""
     root = tmp_path_factory.mktemp("loader_limits") / "data"
     subprocess.run([sys.executable, "-m", "ssd_ds.data.synthetic", str(root), "--train", str(3 * MICRO_BATCH + 200),
                     "--val", "8", "--min-size", "48", "--max-size", "64", "--workers", "2"],

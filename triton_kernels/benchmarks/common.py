@@ -119,11 +119,15 @@ class Report:
         baseline for `nbytes`."""
         for provider, fn in providers.items():
             self.add(measure(fn, rep, grad_to_none), nbytes, provider=provider, **fields)
-        src = torch.empty(nbytes // 2, dtype=torch.uint8, device=self.device)
-        dst = torch.empty_like(src)
-        self.add(measure(lambda: dst.copy_(src), rep), 2 * src.numel(), provider=COPY, **fields)
-        del src, dst
+        self.add(measure(_copy_of(nbytes // 2, self.device), rep), nbytes // 2 * 2, provider=COPY, **fields)
 
     def write(self) -> None:
         """The CSV is complete (every row was appended as it came)."""
         print(f"wrote {len(self.rows)} rows to {self.out}")
+
+
+def _copy_of(n: int, device) -> Callable:
+    """A callable copying n bytes between two device buffers, which live as long as it does (freed with it)."""
+    src = torch.empty(n, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return lambda: dst.copy_(src)

@@ -9,9 +9,9 @@ from torchvision.transforms import v2
 
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
+from ssd_ds.data import transforms
 from ssd_ds.data.batch import box_slot_counts
 from ssd_ds.data.coco import CocoDetection
-from ssd_ds.data import transforms
 from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, eval_shard, sample_seed
 from ssd_ds.data.transforms import CROP_MODES, EvalTransform, TrainTransform, try_crop
 from ssd_ds.model_config import cpu_small

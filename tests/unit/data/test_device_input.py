@@ -20,9 +20,17 @@ import ssd_ds.data.transforms as transforms
 from ssd_ds.data import device_input
 from ssd_ds.data.batch import box_slots
 from ssd_ds.data.coco import CocoDetection, ImageRecord, read_image_bytes
-from ssd_ds.data.device_input import (BatchDecoder, CompressedBatch, CompressedSample, CompressedTrainTransform,
-                                      collate_compressed, colour_jitter, decode_and_augment, decode_images,
-                                      is_progressive_jpeg)
+from ssd_ds.data.device_input import (
+    BatchDecoder,
+    CompressedBatch,
+    CompressedSample,
+    CompressedTrainTransform,
+    collate_compressed,
+    colour_jitter,
+    decode_and_augment,
+    decode_images,
+    is_progressive_jpeg,
+)
 from ssd_ds.data.loaders import TrainSampler, build_train_loader, sample_seed
 from ssd_ds.data.transforms import TrainTransform
 
@@ -454,7 +462,8 @@ def test_cuda_decoder_syncs_before_every_decode_counts_paths_and_warns_once(monk
     want.update({k: 2 * v for k, v in counts.items()})
     assert decoder.counts.take() == want
     assert "decode" in nvjpeg.calls
-    assert all(a == "sync" for a, b in zip(nvjpeg.calls, nvjpeg.calls[1:]) if b == "decode") and nvjpeg.calls[0] == "sync"
+    assert nvjpeg.calls[0] == "sync"
+    assert all(a == "sync" for a, b in zip(nvjpeg.calls, nvjpeg.calls[1:]) if b == "decode")
     assert [r.getMessage().split(" (")[0].split(" on ")[0] for r in caplog.records] == warned
 
 
