@@ -9,11 +9,9 @@ renames), as DeepSpeed's own `latest` does.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -23,22 +21,6 @@ from ssd_ds.fileio import atomic_write
 
 LATEST = "latest"
 INFERENCE_FILE = "model.pt"  # what inference needs, readable without DeepSpeed: torch.load(weights_only=True)
-
-
-def rng_state() -> dict:
-    """Every generator the run draws from."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: int, inference: dict | None = None) -> Path:

@@ -31,6 +31,7 @@ from ssd_ds.ds_config import BatchPlan
 from ssd_ds.evaluate import BackgroundEvaluator, infer_detections
 from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import MLPerfLogger
+from ssd_ds.rng import rng_state
 from ssd_ds.run_config import RunConfig
 from ssd_ds.speedups import TrainingSetup
 
@@ -52,7 +53,7 @@ class RunState:
 def client_state(state: RunState, sampler: TrainSampler, cfg: RunConfig) -> dict:
     """What a checkpoint saves beside DeepSpeed's module, optimizer and scheduler: host data only (plain numbers and
     CPU RNG states), so that a checkpoint of a GPU run reads anywhere."""
-    return {"run_state": asdict(state), "rng": checkpoint.rng_state(), "sampler": sampler.state_dict(),
+    return {"run_state": asdict(state), "rng": rng_state(), "sampler": sampler.state_dict(),
             "config": asdict(cfg)}
 
 

@@ -22,7 +22,6 @@ from typing import Callable
 
 import torch
 
-from ssd_ds import checkpoint
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
 from ssd_ds.data.batch import box_slot_counts, box_slots
@@ -31,6 +30,7 @@ from ssd_ds.ds_config import engine_settings
 from ssd_ds.evaluate import detect_batch
 from ssd_ds.fileio import atomic_write
 from ssd_ds.model_config import ModelConfig
+from ssd_ds.rng import rng_state, set_rng_state
 from ssd_ds.step import SSDTrainStep
 from triton_kernels.select import decode_scores_fn, encode_fn, resolve_backend, ssd_loss_fn
 
@@ -167,7 +167,7 @@ def warm_up(built: TrainingSetup, micro_batch: int, input_size: int, max_boxes: 
     engine, ops = built.deepspeed, built.ops
     step: SSDTrainStep = engine.module
     saved_state = {k: v.clone() for k, v in step.state_dict().items()}
-    saved_rng = checkpoint.rng_state()
+    saved_rng = rng_state()
     images, gt_ltrb, gt_labels = synthetic_batch(micro_batch, input_size, box_slots(max_boxes))
     images = normalize_images(images.to(ops.device), built.memory_format)
     gt_ltrb, gt_labels = gt_ltrb.to(ops.device), gt_labels.to(ops.device)
@@ -199,7 +199,7 @@ def warm_up(built: TrainingSetup, micro_batch: int, input_size: int, max_boxes: 
     for p in step.parameters():
         p.grad = None
     step.load_state_dict(saved_state)
-    checkpoint.set_rng_state(saved_rng)
+    set_rng_state(saved_rng)
     _synchronize(ops.device)
     return eval_seconds
 
