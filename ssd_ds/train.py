@@ -29,6 +29,7 @@ from ssd_ds.data.device_input import (
 from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, check_shared_memory
 from ssd_ds.data.synthetic import ensure_synthetic
 from ssd_ds.data.transforms import CROP_MAX_SAMPLES, EvalTransform, TrainTransform
+from ssd_ds.device_ops import should_encode_on_device
 from ssd_ds.distributed import barrier, init_distributed, setup_process_env
 from ssd_ds.errors import BadInput
 from ssd_ds.evaluate import BackgroundEvaluator
@@ -46,7 +47,6 @@ from ssd_ds.speedups import (
     build_training_setup,
     load_compile_cache,
     save_compile_cache,
-    should_encode_on_device,
     warm_up,
 )
 
