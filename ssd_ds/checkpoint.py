@@ -9,41 +9,24 @@ renames), as DeepSpeed's own `latest` does.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from ssd_ds.distributed import barrier
-from ssd_ds.errors import BadInput, NotFound
+from ssd_ds.errors import NotFound
 from ssd_ds.fileio import atomic_write
 
 LATEST = "latest"
 INFERENCE_FILE = "model.pt"  # what inference needs, readable without DeepSpeed: torch.load(weights_only=True)
 
 
-def rng_state() -> dict:
-    """Every generator the run draws from."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: int, inference: dict | None = None) -> Path:
     """Save atomically on all ranks (collective); keep the newest `keep` checkpoints. `inference` (rank 0's) is
-    written beside DeepSpeed's files as `model.pt` (see `inference_state`), inside the same atomic rename."""
+    written beside DeepSpeed's files as `model.pt` (see `ssd_ds.inference.inference_state`), inside the same atomic
+    rename."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     partial = f".{tag}.partial"
     if rank == 0:
@@ -100,52 +83,3 @@ def load(engine, where: tuple[Path, str]) -> dict:
     if load_path is None:
         raise RuntimeError(f"{where[0] / where[1]}: DeepSpeed could not load this checkpoint")
     return client_state
-
-
-def inference_state(model: torch.nn.Module, model_name: str, input_size: int, class_names: list[str],
-                    label_to_category: dict[int, int], autocast: torch.dtype | None) -> dict:
-    """Everything `ssd_ds.predict`, `ssd_ds.evaluate` and `ssd_ds.export` need, as plain data and CPU tensors: the
-    model preset and input size, class names (index = label, 0 = background), the label -> COCO category id map,
-    the evaluation precision, and the weights."""
-    return {"format": 1, "model": model_name, "input_size": input_size, "class_names": list(class_names),
-            "label_to_category": {int(k): int(v) for k, v in label_to_category.items()},
-            "autocast": None if autocast is None else str(autocast).removeprefix("torch."),
-            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}}
-
-
-def find_inference_file(path: str | Path) -> Path:
-    """`model.pt` from a path to it, to a checkpoint directory, or to a run directory (its latest checkpoint)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if (path / INFERENCE_FILE).is_file():
-        return path / INFERENCE_FILE
-    if (path / "checkpoints" / LATEST).is_file():
-        return find_inference_file(path / "checkpoints" / (path / "checkpoints" / LATEST).read_text().strip())
-    raise NotFound(f"{path}: no {INFERENCE_FILE} there (a checkpoint file, a checkpoint directory or a run "
-                   f"directory with checkpoints/latest)")
-
-
-def load_inference(path: str | Path, device: torch.device | str = "cpu"):
-    """(the model in eval mode on `device`, the inference state without its weights) from `find_inference_file`."""
-    from ssd_ds.model import build_model
-    from ssd_ds.model_config import build_model_config
-
-    file = find_inference_file(path)
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a torch file: all mean the same to the user
-        raise BadInput(f"{file}: cannot be read as an ssd_ds model checkpoint ({exc})") from None
-    if not isinstance(state, dict) or state.get("format") != 1:
-        raise BadInput(f"{file}: not an ssd_ds model checkpoint (no format 1 header)")
-    model_cfg = build_model_config(state["model"], num_classes=len(state["class_names"]))
-    if model_cfg.input_size != state["input_size"]:
-        raise BadInput(f"{file}: model {state['model']!r} takes {model_cfg.input_size}px inputs, the checkpoint "
-                       f"says {state['input_size']}")
-    model = build_model(model_cfg)
-    try:
-        model.load_state_dict(state.pop("state_dict"))
-    except RuntimeError as exc:
-        raise BadInput(f"{file}: weights do not fit model preset {state['model']!r} "
-                       f"({str(exc).splitlines()[0]})") from None
-    return model.to(device).eval(), state

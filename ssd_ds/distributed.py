@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-
-from ssd_ds.launch import check_local_rank, wait_for_rendezvous
 
 
 def setup_process_env() -> None:
@@ -39,6 +38,35 @@ def setup_process_env() -> None:
     bin_dir = Path(sys.executable).parent
     if (bin_dir / "ninja").exists() and not os.environ.get("PATH", "").startswith(f"{bin_dir}{os.pathsep}"):
         os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def reachable(host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection to host:port opens within `timeout` seconds, else why not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def wait_for_rendezvous(addr: str, port: int, timeout: float, rank: int) -> None:
+    """Ranks other than 0: wait (bounded) until the master's rendezvous port accepts connections."""
+    deadline = time.monotonic() + timeout
+    why = None
+    while time.monotonic() < deadline:
+        why = reachable(addr, port, timeout=min(2.0, timeout))
+        if why is None:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"rank {rank}: the rendezvous at {addr}:{port} did not answer within {timeout:g} s ({why}); "
+                       f"check --master_addr / MASTER_ADDR and that node 0 was launched")
+
+
+def check_local_rank(local_rank: int) -> None:
+    """A node asked to run more ranks than it has GPUs fails here, not inside NCCL."""
+    if torch.cuda.is_available() and local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"local rank {local_rank} but this node has {torch.cuda.device_count()} GPUs: the "
+                           f"hostfile's slots for this host (or --num_gpus) exceed its GPUs")
 
 
 def init_distributed(timeout: float) -> tuple[int, int, torch.device]:

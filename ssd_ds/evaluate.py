@@ -22,37 +22,12 @@ import numpy as np
 import torch
 
 from ssd_ds.box_coder import BoxCoder
-from ssd_ds.data.transforms import normalize_images
 from ssd_ds.errors import BadInput
 from ssd_ds.fileio import atomic_open, atomic_write
-from ssd_ds.postprocess import Detections, decode_scores, postprocess, to_coco_results
+from ssd_ds.inference import detect_batch, inference_ops, load_inference
+from ssd_ds.postprocess import decode_scores, to_coco_results
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def detect_batch(model, images: torch.Tensor, coder: BoxCoder, device: torch.device,
-                 autocast_dtype: torch.dtype | None = None, decode=decode_scores,
-                 memory_format: torch.memory_format = torch.contiguous_format, pad_to: int | None = None):
-    """The device half of evaluation: uint8 images [B,3,S,S] (any device) -> `Detections` on `device` (batched:
-    no host sync). `coder` must hold its default boxes on `device` (BoxCoder.to).
-
-    `pad_to` (>= B) runs the model on the images followed by black ones up to that many, and returns the B real
-    images' detections only: a compiled model then sees one batch shape, where a partial batch (the last of an
-    evaluation, or one with unreadable images dropped) would make it compile again. Every image is detected on its
-    own (eval-mode BatchNorm, per-image post-processing), so the padding changes no real image's detections beyond
-    the rounding of kernels chosen for another batch size."""
-    B = images.shape[0]
-    images = images.to(device, non_blocking=True)
-    if pad_to is not None and B != pad_to:
-        if B > pad_to:
-            raise ValueError(f"detect_batch: {B} images do not fit pad_to={pad_to}")
-        images = torch.cat([images, images.new_zeros(pad_to - B, *images.shape[1:])])
-    images = normalize_images(images, memory_format)
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        locs, logits = model(images)
-    detections = postprocess(locs, logits, coder, decode=decode)
-    return Detections(*(t[:B] for t in detections))
 
 
 @torch.no_grad()
@@ -178,18 +153,6 @@ class BackgroundEvaluator:
         self.pending.clear()
 
 
-def inference_ops(meta: dict, device: torch.device):
-    """(the ops a checkpoint's model is evaluated with on `device`, its autocast dtype), as the trainer chooses them
-    (`speedups.build_device_ops`: default boxes on the device, the Triton or torch decode) from `load_inference`'s
-    meta."""
-    from ssd_ds.model_config import build_model_config
-    from ssd_ds.speedups import build_device_ops
-
-    ops = build_device_ops(build_model_config(meta["model"], num_classes=len(meta["class_names"])), device,
-                           encode_on_device="off")
-    return ops, getattr(torch, meta["autocast"]) if meta["autocast"] else None
-
-
 STAT_LABELS = ("AP @ IoU 0.50:0.95, all, 100 dets", "AP @ IoU 0.50", "AP @ IoU 0.75", "AP small", "AP medium",
                "AP large", "AR @ 1 det", "AR @ 10 dets", "AR @ 100 dets", "AR small", "AR medium", "AR large")
 
@@ -200,7 +163,6 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
     set's val split, computed as the trainer computes it (same transform, precision, post-processing, COCOeval)."""
     import argparse
 
-    from ssd_ds.checkpoint import load_inference
     from ssd_ds.data.coco import CocoDetection
     from ssd_ds.data.loaders import build_eval_loader
     from ssd_ds.data.transforms import EvalTransform

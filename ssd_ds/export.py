@@ -29,10 +29,9 @@ from pathlib import Path
 
 import torch
 
-from ssd_ds.checkpoint import load_inference
 from ssd_ds.errors import BadInput
-from ssd_ds.evaluate import inference_ops
 from ssd_ds.fileio import atomic_open
+from ssd_ds.inference import inference_ops, load_inference
 from ssd_ds.postprocess import Detections, PostprocessConfig, decode_scores, nms_by_group, select_detections
 
 FORMATS = ("onnx", "exported_program")

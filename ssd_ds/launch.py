@@ -3,23 +3,21 @@
 `python -m ssd_ds.launch check --hostfile H (--config SYSTEM.json | --deepspeed_config X.json) [--no_ssh]` before
 `deepspeed --hostfile H` (--config: the DeepSpeed JSON a run config names, e.g. configs/systems/*.json): the hostfile
 parses (`host slots=N` lines, `#` comments), its slot total fits the config's batch arithmetic, and
-(unless --no_ssh) every host answers on its ssh port within a few seconds. In the trainer, `wait_for_rendezvous`
-gives ranks other than 0 a bounded wait for the master's rendezvous port with an error that names it, and
-`check_local_rank` catches a hostfile that promises more slots than a node has GPUs.
+(unless --no_ssh) every host answers on its ssh port within a few seconds. In the trainer,
+`ssd_ds.distributed.wait_for_rendezvous` gives ranks other than 0 a bounded wait for the master's rendezvous port with
+an error that names it, and `ssd_ds.distributed.check_local_rank` catches a hostfile that promises more slots than a
+node has GPUs.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import socket
 import sys
-import time
 from pathlib import Path
 
-import torch
-
 from ssd_ds import ds_config
+from ssd_ds.distributed import reachable
 from ssd_ds.errors import BadInput, NotFound
 from ssd_ds.run_config import from_file
 
@@ -50,15 +48,6 @@ def parse_hostfile(path: str | Path) -> dict[str, int]:
     return hosts
 
 
-def reachable(host: str, port: int, timeout: float) -> str | None:
-    """None when a TCP connection to host:port opens within `timeout` seconds, else why not."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as exc:
-        return f"{type(exc).__name__}: {exc}"
-
-
 def check_hostfile(hostfile: str, ds_config_path: str, ssh: bool = True, ssh_port: int = 22,
                    timeout: float = 5.0) -> dict[str, int]:
     """Raise with every problem found; return the hosts when the launch can go ahead."""
@@ -73,26 +62,6 @@ def check_hostfile(hostfile: str, ds_config_path: str, ssh: bool = True, ssh_por
             raise RuntimeError(f"{hostfile}: {len(down)} of {len(hosts)} hosts do not answer on port {ssh_port} "
                                f"within {timeout:g} s:\n{lines}")
     return hosts
-
-
-def wait_for_rendezvous(addr: str, port: int, timeout: float, rank: int) -> None:
-    """Ranks other than 0: wait (bounded) until the master's rendezvous port accepts connections."""
-    deadline = time.monotonic() + timeout
-    why = None
-    while time.monotonic() < deadline:
-        why = reachable(addr, port, timeout=min(2.0, timeout))
-        if why is None:
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"rank {rank}: the rendezvous at {addr}:{port} did not answer within {timeout:g} s ({why}); "
-                       f"check --master_addr / MASTER_ADDR and that node 0 was launched")
-
-
-def check_local_rank(local_rank: int) -> None:
-    """A node asked to run more ranks than it has GPUs fails here, not inside NCCL."""
-    if torch.cuda.is_available() and local_rank >= torch.cuda.device_count():
-        raise RuntimeError(f"local rank {local_rank} but this node has {torch.cuda.device_count()} GPUs: the "
-                           f"hostfile's slots for this host (or --num_gpus) exceed its GPUs")
 
 
 def main(argv: list[str] | None = None) -> int:

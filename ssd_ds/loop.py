@@ -29,8 +29,10 @@ from ssd_ds.data.transforms import normalize_images
 from ssd_ds.distributed import flag_from_rank0, gather_to_rank0, parameter_checksums, verify_replicas
 from ssd_ds.ds_config import BatchPlan
 from ssd_ds.evaluate import BackgroundEvaluator, infer_detections
+from ssd_ds.inference import inference_state
 from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import MLPerfLogger
+from ssd_ds.rng import rng_state
 from ssd_ds.run_config import RunConfig
 from ssd_ds.speedups import TrainingSetup
 
@@ -52,7 +54,7 @@ class RunState:
 def client_state(state: RunState, sampler: TrainSampler, cfg: RunConfig) -> dict:
     """What a checkpoint saves beside DeepSpeed's module, optimizer and scheduler: host data only (plain numbers and
     CPU RNG states), so that a checkpoint of a GPU run reads anywhere."""
-    return {"run_state": asdict(state), "rng": checkpoint.rng_state(), "sampler": sampler.state_dict(),
+    return {"run_state": asdict(state), "rng": rng_state(), "sampler": sampler.state_dict(),
             "config": asdict(cfg)}
 
 
@@ -266,7 +268,7 @@ def save_checkpoint(run: TrainingRun) -> None:
     tag = f"epoch{run.state.epoch:03d}_iter{run.state.iteration:07d}"
     inference = None
     if run.rank == 0:
-        inference = checkpoint.inference_state(run.built.deepspeed.module.model, run.cfg.model, run.input_size,
+        inference = inference_state(run.built.deepspeed.module.model, run.cfg.model, run.input_size,
                                                run.val_set.class_names, run.val_set.label_to_category,
                                                run.autocast_dtype)
     checkpoint.save(run.built.deepspeed, run.ckpt_dir, tag, client_state(run.state, run.sampler, run.cfg),

@@ -21,11 +21,10 @@ from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
-from ssd_ds.checkpoint import load_inference
 from ssd_ds.data.transforms import EvalTransform
 from ssd_ds.errors import BadInput, NotFound
-from ssd_ds.evaluate import detect_batch, inference_ops
 from ssd_ds.fileio import atomic_write
+from ssd_ds.inference import detect_batch, inference_ops, load_inference
 from ssd_ds.postprocess import to_coco_results
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -7,9 +7,7 @@ start-up broadcast views every parameter as bytes, which needs the default layou
 (converting then swaps the tensors under the same Parameter objects the optimizer holds), and torch.compile traces
 lazily, at the first step, so it still sees the final layout.
 
-Everything that lives on the device is built for the device here (`DeviceOps`): the default boxes that evaluation
-decodes against and that on-device encoding matches against. `tests/unit/test_fake_cuda.py` runs these paths with fake
-CUDA tensors, which raise on any CPU tensor mixed into them.
+The ops on the device (`DeviceOps`: the kernel choice and the default boxes) are built by `ssd_ds.device_ops`.
 """
 
 from __future__ import annotations
@@ -22,52 +20,20 @@ from typing import Callable
 
 import torch
 
-from ssd_ds import checkpoint
-from ssd_ds.anchors import default_boxes_ltrb
-from ssd_ds.box_coder import BoxCoder
 from ssd_ds.data.batch import box_slot_counts, box_slots
 from ssd_ds.data.transforms import normalize_images
+from ssd_ds.device_ops import DeviceOps, build_device_ops
 from ssd_ds.ds_config import engine_settings
-from ssd_ds.evaluate import detect_batch
 from ssd_ds.fileio import atomic_write
+from ssd_ds.inference import detect_batch
 from ssd_ds.model_config import ModelConfig
+from ssd_ds.rng import rng_state, set_rng_state
 from ssd_ds.step import SSDTrainStep
-from triton_kernels.select import decode_scores_fn, encode_fn, resolve_backend, ssd_loss_fn
-
-
-@dataclass
-class DeviceOps:
-    """The ops of one run resolved for its device, with the default boxes they read on that device."""
-
-    backend: str  # "torch" or "triton" (triton_kernels.select)
-    device: torch.device
-    coder: BoxCoder  # default boxes on `device`: evaluation decodes and on-device encoding matches against them
-    loss: Callable  # loss(locs, logits, loc_t, labels_t) -> fp32 scalar
-    decode_scores: Callable  # decode_scores(locs, logits, dboxes_cxcywh, threshold) -> (boxes, scores)
-    encode: Callable | None  # encode(gt_ltrb, gt_labels, num_gt) -> (loc_t, labels_t) on `device`; None: workers do
-
-
-def should_encode_on_device(setting: str, device: torch.device) -> bool:
-    """--encode_on_device auto|on|off: auto matches and encodes on the GPU (NVIDIA's GPU box encoder) on CUDA."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 def should_compile(setting: str, device: torch.device) -> bool:
     """--compile auto|on|off: auto compiles on CUDA (on CPU compiling costs minutes and gains little)."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
-
-
-def build_device_ops(model_cfg: ModelConfig, device: torch.device, kernels: str = "auto",
-                     encode_on_device: str = "auto") -> DeviceOps:
-    """The run's `DeviceOps`: the torch or Triton implementation of every op, bound to default boxes on `device`."""
-    backend = resolve_backend(kernels, device)
-    coder = BoxCoder(default_boxes_ltrb(model_cfg.anchors)).to(device)
-    encode = None
-    if should_encode_on_device(encode_on_device, device):
-        encode_batch = encode_fn(backend)
-        dboxes_ltrb = coder.dboxes_ltrb
-        encode = lambda gt_ltrb, gt_labels, num_gt: encode_batch(gt_ltrb, gt_labels, num_gt, dboxes_ltrb)  # noqa: E731
-    return DeviceOps(backend, device, coder, ssd_loss_fn(backend), decode_scores_fn(backend), encode)
 
 
 def apply_compile(step: SSDTrainStep, setting: str, device: torch.device) -> bool:
@@ -167,7 +133,7 @@ def warm_up(built: TrainingSetup, micro_batch: int, input_size: int, max_boxes: 
     engine, ops = built.deepspeed, built.ops
     step: SSDTrainStep = engine.module
     saved_state = {k: v.clone() for k, v in step.state_dict().items()}
-    saved_rng = checkpoint.rng_state()
+    saved_rng = rng_state()
     images, gt_ltrb, gt_labels = synthetic_batch(micro_batch, input_size, box_slots(max_boxes))
     images = normalize_images(images.to(ops.device), built.memory_format)
     gt_ltrb, gt_labels = gt_ltrb.to(ops.device), gt_labels.to(ops.device)
@@ -199,7 +165,7 @@ def warm_up(built: TrainingSetup, micro_batch: int, input_size: int, max_boxes: 
     for p in step.parameters():
         p.grad = None
     step.load_state_dict(saved_state)
-    checkpoint.set_rng_state(saved_rng)
+    set_rng_state(saved_rng)
     _synchronize(ops.device)
     return eval_seconds
 

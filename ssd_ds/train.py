@@ -29,6 +29,7 @@ from ssd_ds.data.device_input import (
 from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, check_shared_memory
 from ssd_ds.data.synthetic import ensure_synthetic
 from ssd_ds.data.transforms import CROP_MAX_SAMPLES, EvalTransform, TrainTransform
+from ssd_ds.device_ops import should_encode_on_device
 from ssd_ds.distributed import barrier, init_distributed, setup_process_env
 from ssd_ds.errors import BadInput
 from ssd_ds.evaluate import BackgroundEvaluator
@@ -37,6 +38,7 @@ from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import RESUMED_FROM, open_run_log
 from ssd_ds.model import build_model
 from ssd_ds.model_config import build_model_config
+from ssd_ds.rng import set_rng_state
 from ssd_ds.run_config import RunConfig, config_from_args
 from ssd_ds.run_dir import open_run_dir
 from ssd_ds.schedule import base_lr, lr_factor
@@ -45,7 +47,6 @@ from ssd_ds.speedups import (
     build_training_setup,
     load_compile_cache,
     save_compile_cache,
-    should_encode_on_device,
     warm_up,
 )
 
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> RunState:
     if resume_from is not None:
         client = checkpoint.load(built.deepspeed, resume_from)
         state = RunState(**client["run_state"])
-        checkpoint.set_rng_state(client["rng"])
+        set_rng_state(client["rng"])
         log.info("resumed from %s/%s at epoch %d, iteration %d", *resume_from, state.epoch, state.iteration)
         mlperf.event(RESUMED_FROM, str(resume_from[0] / resume_from[1]),
                      metadata={"epoch": state.epoch, "iteration": state.iteration})

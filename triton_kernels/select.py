@@ -7,7 +7,6 @@ backend. Modules are imported only when their backend is chosen, so a run on the
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Callable
 
@@ -15,11 +14,49 @@ import torch
 
 BACKENDS = ("auto", "torch", "triton")
 
-# op -> (torch reference, Triton kernel), as "module:function". Both sides take and return the same tensors.
+
+def _torch_ssd_loss() -> Callable:
+    from ssd_ds.loss import ssd_loss
+
+    return ssd_loss
+
+
+def _triton_ssd_loss() -> Callable:
+    from triton_kernels.loss import ssd_loss
+
+    return ssd_loss
+
+
+def _torch_decode_scores() -> Callable:
+    from ssd_ds.postprocess import decode_scores
+
+    return decode_scores
+
+
+def _triton_decode_scores() -> Callable:
+    from triton_kernels.decode import decode_scores
+
+    return decode_scores
+
+
+def _torch_encode() -> Callable:
+    from ssd_ds.box_coder import encode_batch
+
+    return encode_batch
+
+
+def _triton_encode() -> Callable:
+    from triton_kernels.encode import encode_batch
+
+    return encode_batch
+
+
+# op -> (torch reference, Triton kernel), each behind a function that imports it when asked for. Both sides take and
+# return the same tensors.
 OPS = {
-    "ssd_loss": ("ssd_ds.loss:ssd_loss", "triton_kernels.loss:ssd_loss"),
-    "decode_scores": ("ssd_ds.postprocess:decode_scores", "triton_kernels.decode:decode_scores"),
-    "encode": ("ssd_ds.box_coder:encode_batch", "triton_kernels.encode:encode_batch"),
+    "ssd_loss": (_torch_ssd_loss, _triton_ssd_loss),
+    "decode_scores": (_torch_decode_scores, _triton_decode_scores),
+    "encode": (_torch_encode, _triton_encode),
 }
 
 
@@ -27,7 +64,7 @@ def triton_unavailable_reason(device: torch.device | str) -> str | None:
     """Why the Triton kernels cannot run on `device`, or None when they can."""
     device = torch.device(device)
     try:
-        importlib.import_module("triton")
+        import triton  # noqa: F401
     except Exception as e:  # not installed, or installed but broken: either way the kernels cannot run
         return f"triton does not import ({type(e).__name__}: {e})"
     if device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
@@ -58,8 +95,7 @@ def op_fn(op: str, backend: str) -> Callable:
         raise ValueError(f"unknown op {op!r}; choose from {sorted(OPS)}")
     if backend not in ("torch", "triton"):
         raise ValueError(f"backend must be 'torch' or 'triton' (resolve 'auto' with resolve_backend), got {backend!r}")
-    module, name = OPS[op][backend == "triton"].split(":")
-    return getattr(importlib.import_module(module), name)
+    return OPS[op][backend == "triton"]()
 
 
 def ssd_loss_fn(backend: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:

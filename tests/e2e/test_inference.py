@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from ssd_ds.checkpoint import INFERENCE_FILE, load_inference
+from ssd_ds.checkpoint import INFERENCE_FILE
+from ssd_ds.inference import load_inference
 from tests.helpers import REPO, env, metrics, run_train, train_args
 
 
@@ -120,12 +121,12 @@ def val_images(synthetic_dataset, count: int, size: int = 128) -> torch.Tensor:
 @pytest.mark.parametrize("fmt", ["onnx", "exported_program"])
 def test_export_gives_the_evaluations_detections(trained, synthetic_dataset, tmp_path, fmt):
     """The exported file (run by onnxruntime, or loaded as an ExportedProgram) on real images at batch sizes other
-    than the one exported with equals the trainer's evaluation of the same images (ssd_ds.evaluate.detect_batch)."""
+    than the one exported with equals the trainer's evaluation of the same images (ssd_ds.inference.detect_batch)."""
     import json
 
     from ssd_ds.data.transforms import normalize_images
-    from ssd_ds.evaluate import detect_batch, inference_ops
     from ssd_ds.export import compare, run_exported
+    from ssd_ds.inference import detect_batch, inference_ops
 
     output = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'pt2'}"
     proc = subprocess.run([sys.executable, "-m", "ssd_ds.export", "--checkpoint", str(trained), "--format", fmt,

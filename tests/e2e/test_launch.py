@@ -12,7 +12,8 @@ import time
 import psutil
 import pytest
 
-from ssd_ds.launch import check_hostfile, parse_hostfile, wait_for_rendezvous
+from ssd_ds.distributed import wait_for_rendezvous
+from ssd_ds.launch import check_hostfile, parse_hostfile
 from tests.helpers import CPU_TEST_CONFIG, REPO, env, free_port, metrics, train_args
 
 

@@ -39,12 +39,13 @@ from ssd_ds.box_coder import BoxCoder
 from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler, build_eval_loader, build_train_loader
 from ssd_ds.data.transforms import EvalTransform, TrainTransform
-from ssd_ds.evaluate import detect_batch
+from ssd_ds.device_ops import build_device_ops
+from ssd_ds.inference import detect_batch
 from ssd_ds.loop import RunState, client_state, train_step
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
 from ssd_ds.run_config import demo
-from ssd_ds.speedups import build_device_ops, build_optimizer
+from ssd_ds.speedups import build_optimizer
 from ssd_ds.step import SSDTrainStep
 
 try:

@@ -12,10 +12,11 @@ from deepspeed.utils.config import get_timers_config
 
 from ssd_ds.data.batch import Batch
 from ssd_ds.data.loaders import DevicePrefetcher, check_shared_memory, shared_memory_needed
+from ssd_ds.device_ops import build_device_ops
 from ssd_ds.ds_config import engine_settings
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
-from ssd_ds.speedups import TrainingSetup, build_device_ops, load_compile_cache, save_compile_cache, warm_up
+from ssd_ds.speedups import TrainingSetup, load_compile_cache, save_compile_cache, warm_up
 from ssd_ds.step import SSDTrainStep
 from tests.helpers import REPO, CallLog
 
