@@ -15,49 +15,33 @@ import torch
 BACKENDS = ("auto", "torch", "triton")
 
 
-def _torch_ssd_loss() -> Callable:
-    from ssd_ds.loss import ssd_loss
-
+def _ssd_loss(triton: bool) -> Callable:
+    if triton:
+        from triton_kernels.loss import ssd_loss
+    else:
+        from ssd_ds.loss import ssd_loss
     return ssd_loss
 
 
-def _triton_ssd_loss() -> Callable:
-    from triton_kernels.loss import ssd_loss
-
-    return ssd_loss
-
-
-def _torch_decode_scores() -> Callable:
-    from ssd_ds.postprocess import decode_scores
-
+def _decode_scores(triton: bool) -> Callable:
+    if triton:
+        from triton_kernels.decode import decode_scores
+    else:
+        from ssd_ds.postprocess import decode_scores
     return decode_scores
 
 
-def _triton_decode_scores() -> Callable:
-    from triton_kernels.decode import decode_scores
-
-    return decode_scores
-
-
-def _torch_encode() -> Callable:
-    from ssd_ds.box_coder import encode_batch
-
+def _encode(triton: bool) -> Callable:
+    if triton:
+        from triton_kernels.encode import encode_batch
+    else:
+        from ssd_ds.box_coder import encode_batch
     return encode_batch
 
 
-def _triton_encode() -> Callable:
-    from triton_kernels.encode import encode_batch
-
-    return encode_batch
-
-
-# op -> (torch reference, Triton kernel), each behind a function that imports it when asked for. Both sides take and
-# return the same tensors.
-OPS = {
-    "ssd_loss": (_torch_ssd_loss, _triton_ssd_loss),
-    "decode_scores": (_torch_decode_scores, _triton_decode_scores),
-    "encode": (_torch_encode, _triton_encode),
-}
+# op -> a function of (Triton or not) that imports that side when asked for. Both sides take and return the same
+# tensors.
+OPS = {"ssd_loss": _ssd_loss, "decode_scores": _decode_scores, "encode": _encode}
 
 
 def triton_unavailable_reason(device: torch.device | str) -> str | None:
@@ -95,7 +79,7 @@ def op_fn(op: str, backend: str) -> Callable:
         raise ValueError(f"unknown op {op!r}; choose from {sorted(OPS)}")
     if backend not in ("torch", "triton"):
         raise ValueError(f"backend must be 'torch' or 'triton' (resolve 'auto' with resolve_backend), got {backend!r}")
-    return OPS[op][backend == "triton"]()
+    return OPS[op](backend == "triton")
 
 
 def ssd_loss_fn(backend: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
