@@ -24,7 +24,7 @@ from ssd_ds import checkpoint
 from ssd_ds.data.batch import Batch
 from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.device_input import DecodeCounts
-from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler, checked_batches, loader_failure
+from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler, loader_failure
 from ssd_ds.data.transforms import normalize_images
 from ssd_ds.distributed import flag_from_rank0, gather_to_rank0, parameter_checksums, verify_replicas
 from ssd_ds.ds_config import BatchPlan
@@ -168,7 +168,7 @@ def train(run: TrainingRun) -> RunState:
         while not run.should_stop():
             try:
                 train_one_epoch(run)
-            except RuntimeError as exc:  # a loader worker that died while the step ran (loaders.loader_failure)
+            except RuntimeError as exc:  # a loader worker stalled or died (loaders.loader_failure)
                 failure = loader_failure(exc, run.cfg.data, run.cfg.loader_timeout)
                 if failure is None:
                     raise
@@ -208,8 +208,7 @@ def train_one_epoch(run: TrainingRun) -> None:
     accum = run.plan.accumulation
     run.sampler.set_epoch(state.epoch, start=state.iter_in_epoch * accum * run.plan.micro_batch)
     micro_batches = (run.iters_per_epoch - state.iter_in_epoch) * accum
-    batches = DevicePrefetcher(checked_batches(islice(run.train_loader, micro_batches), cfg.data, cfg.loader_timeout),
-                               run.device, run.prepare_batch)
+    batches = DevicePrefetcher(islice(run.train_loader, micro_batches), run.device, run.prepare_batch)
     engine, ops = run.built.deepspeed, run.built.ops
     t_logged = time.perf_counter()
     while state.iter_in_epoch < run.iters_per_epoch and not run.should_stop():

@@ -113,7 +113,7 @@ def build_train_loader(
 ) -> DataLoader:
     """Full batches (drop_last) of `ssd_ds.data.batch.Batch` (or, with the device input path's collate, of the
     compressed batches the device decodes). `timeout` > 0: seconds to wait for any one batch from the workers
-    before the loader raises (`checked_batches` turns that into a clear error); 0 waits for ever."""
+    before the loader raises (`loader_failure` makes that a clear error); 0 waits for ever."""
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_fn,
         **_loader_kwargs(workers, pin_memory, timeout)
@@ -122,8 +122,12 @@ def build_train_loader(
 
 def loader_failure(exc: RuntimeError, data: str, timeout: float) -> UserError | None:
     """The one-line error for a DataLoader's worker failure (None for any other RuntimeError): a batch that did not
-    come within `timeout`, or a worker that died. torch raises the latter from `next()` or, through its SIGCHLD
-    handler, from wherever the main thread is, so the training loop converts it as well."""
+    come within `timeout`, or a worker that died. torch raises these from `next()` or, for a dead worker, through
+    its SIGCHLD handler from wherever the main thread is, so the training loop converts them around the whole epoch.
+
+    Without a timeout a worker that can never deliver leaves the trainer waiting with no error for ever, a wait
+    that --dist_timeout does not bound: a file that blocks on read (a hung network file system), or a batch the
+    worker cannot hand over (out of file descriptors: "unable to open shared memory object ... (24)")."""
     if "DataLoader timed out" in str(exc):
         return LoaderStalled(
             f"{data}: no training batch from the loader workers in {timeout:g} s (--loader_timeout): a worker is "
@@ -133,26 +137,6 @@ def loader_failure(exc: RuntimeError, data: str, timeout: float) -> UserError | 
         return LoaderWorkerDied(f"{data}: {exc} (out of memory? dmesg says; fewer --workers or a smaller micro-batch "
                                 f"need less)")
     return None
-
-
-def checked_batches(batches: Iterable, data: str, timeout: float) -> Iterator:
-    """The batches of a training loader, its worker failures turned into one-line errors naming the data set.
-
-    Without a timeout a worker that can never deliver leaves the trainer waiting with no error for ever, a wait
-    that --dist_timeout does not bound: a file that blocks on read (a hung network file system), or a batch the
-    worker cannot hand over (out of file descriptors: "unable to open shared memory object ... (24)")."""
-    it = iter(batches)
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except RuntimeError as exc:
-            failure = loader_failure(exc, data, timeout)
-            if failure is None:
-                raise
-            raise failure from exc
-        yield batch
 
 
 def build_eval_loader(
