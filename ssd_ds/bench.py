@@ -5,7 +5,7 @@
 trainer's flags (`ssd_ds.run_config`) and its DeepSpeed JSON (`ssd_ds.ds_config.load`, world size 1) give the model,
 the class count (the --data set's), the micro-batch (--batch overrides it), the gradient accumulation, the precision
 and the speed-ups; the last row is the setup the trainer builds from them on this device
-(`ssd_ds.train.training_setup_options` into `ssd_ds.speedups.build_training_setup`, DeepSpeed included), timed over
+(`ssd_ds.speedups.training_setup_options` into `ssd_ds.speedups.build_training_setup`, DeepSpeed included), timed over
 whole optimizer steps of `ssd_ds.loop.train_step` on a synthetic uint8 batch already on the device (no input
 pipeline), as images/s of the global batch. Every row has the same batch plan and optimizer and is compared with
 fp32 NCHW eager at the same micro-batch in the same run; between the two (--rows all): channels_last, bf16 autocast,
@@ -45,14 +45,14 @@ from torchvision.transforms import v2
 
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
+from ssd_ds.coco_eval import COCOEVAL_BACKENDS, coco_eval
 from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.device_input import CompressedTrainTransform, collate_compressed, decode_and_augment
 from ssd_ds.data.transforms import TrainTransform
+from ssd_ds.device_ops import encode_fn, resolve_backend
 from ssd_ds.errors import NotFound
-from ssd_ds.evaluate import COCOEVAL_BACKENDS, coco_eval
 from ssd_ds.fileio import atomic_write
 from ssd_ds.model_config import build_model_config
-from triton_kernels.select import encode_fn, resolve_backend
 
 
 def torchvision_ssd_preset(input_size: int) -> v2.Compose:
@@ -269,8 +269,8 @@ WARMUP_STEPS = 2  # optimizer steps before timing: compilation, allocator, oneDN
 def trainer_variants(device: torch.device, trainer: dict, trainer_autocast: dict | None,
                      every: bool = True) -> dict[str, tuple]:
     """name -> (build_training_setup settings, torch_autocast block or None); the first is the baseline, the last the
-    trainer's configuration (`trainer`: `ssd_ds.train.training_setup_options`, its autocast the DeepSpeed JSON's), and
-    between them, when `every`, precision, layout and kernels one at a time. All share the trainer's optimizer and
+    trainer's configuration (`trainer`: `ssd_ds.speedups.training_setup_options`, its autocast the DeepSpeed JSON's),
+    and between them, when `every`, precision, layout and kernels one at a time. All share the trainer's optimizer and
     batch plan."""
     bf16 = {"enabled": True, "dtype": "bfloat16"}
     optimizer = {"optimizer_fn": trainer["optimizer_fn"]}
@@ -329,10 +329,10 @@ def step_throughput(model_cfg, device: torch.device, ds_settings: dict, steps: i
     `ssd_ds.loop.train_step` on the DeepSpeed engine of `speedups.build_training_setup(**options)`, the last one
     stepping), median of `steps` timed optimizer steps after WARMUP_STEPS; the batch synthetic and already on the
     device, its boxes padded as the loader pads them. Compiled from a fresh dynamo state: the graphs are returned."""
-    from ssd_ds.data.batch import Batch, box_slots
+    from ssd_ds.data.batch import Batch, box_slots, synthetic_batch
     from ssd_ds.loop import train_step
     from ssd_ds.model import build_model
-    from ssd_ds.speedups import build_training_setup, synthetic_batch
+    from ssd_ds.speedups import build_training_setup
 
     gc.collect()  # the previous row's engine, before this one allocates
     if device.type == "cuda":
@@ -367,8 +367,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
     from ssd_ds.distributed import setup_process_env
     from ssd_ds.run_config import config_from_args
     from ssd_ds.schedule import base_lr
-    from ssd_ds.speedups import should_compile
-    from ssd_ds.train import training_setup_options
+    from ssd_ds.speedups import should_compile, training_setup_options
 
     cfg = config_from_args(args.trainer_argv)
     engine_cfg = ds_config.load(cfg.deepspeed_config, world_size=1)  # as the trainer reads it; one process here

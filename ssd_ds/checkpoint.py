@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
-import torch
 import torch.distributed as dist
 
 from ssd_ds.distributed import barrier
@@ -20,13 +20,13 @@ from ssd_ds.errors import NotFound
 from ssd_ds.fileio import atomic_write
 
 LATEST = "latest"
-INFERENCE_FILE = "model.pt"  # what inference needs, readable without DeepSpeed: torch.load(weights_only=True)
 
 
-def save(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: int, inference: dict | None = None) -> Path:
-    """Save atomically on all ranks (collective); keep the newest `keep` checkpoints. `inference` (rank 0's) is
-    written beside DeepSpeed's files as `model.pt` (see `ssd_ds.inference.inference_state`), inside the same atomic
-    rename."""
+def save(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: int,
+         write_beside: Callable[[Path], None] | None = None) -> Path:
+    """Save atomically on all ranks (collective); keep the newest `keep` checkpoints. `write_beside(directory)` (rank
+    0's) writes more files beside DeepSpeed's, inside the same atomic rename (the trainer's: the inference file,
+    `ssd_ds.inference.save_inference`)."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     partial = f".{tag}.partial"
     if rank == 0:
@@ -36,8 +36,8 @@ def save(engine, ckpt_dir: Path, tag: str, client_state: dict, keep: int, infere
     engine.save_checkpoint(str(ckpt_dir), tag=partial, client_state=client_state, save_latest=False)
     barrier()
     if rank == 0:
-        if inference is not None:
-            torch.save(inference, ckpt_dir / partial / INFERENCE_FILE)
+        if write_beside is not None:
+            write_beside(ckpt_dir / partial)
         final = ckpt_dir / tag
         shutil.rmtree(final, ignore_errors=True)
         os.replace(ckpt_dir / partial, final)

@@ -1,22 +1,26 @@
-"""What evaluation, prediction and export share: the inference state saved beside every checkpoint (`model.pt`), its
-loading, the ops a loaded model is evaluated with, and the device half of evaluation (`detect_batch`), which the
-trainer's evaluation and its warm-up run too.
+"""Inference with a trained model, what evaluation, prediction, export and the trainer's own evaluation share: the
+inference file saved beside every checkpoint (`model.pt`: `inference_state`, `save_inference`), its loading, the ops a
+loaded model is evaluated with, the device half of evaluation (`detect_batch`, which the warm-up runs too) and a
+rank's detections over a loader (`infer_detections`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ssd_ds.box_coder import BoxCoder
-from ssd_ds.checkpoint import INFERENCE_FILE, LATEST
+from ssd_ds.checkpoint import LATEST
 from ssd_ds.data.transforms import normalize_images
 from ssd_ds.device_ops import build_device_ops
 from ssd_ds.errors import BadInput, NotFound
 from ssd_ds.model import build_model
 from ssd_ds.model_config import build_model_config
-from ssd_ds.postprocess import Detections, decode_scores, postprocess
+from ssd_ds.postprocess import Detections, decode_scores, postprocess, to_coco_results
+
+INFERENCE_FILE = "model.pt"  # what inference needs, readable without DeepSpeed: torch.load(weights_only=True)
 
 
 def inference_state(model: torch.nn.Module, model_name: str, input_size: int, class_names: list[str],
@@ -28,6 +32,11 @@ def inference_state(model: torch.nn.Module, model_name: str, input_size: int, cl
             "label_to_category": {int(k): int(v) for k, v in label_to_category.items()},
             "autocast": None if autocast is None else str(autocast).removeprefix("torch."),
             "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}}
+
+
+def save_inference(state: dict, directory: Path) -> None:
+    """Write an `inference_state` as `directory/model.pt` (the trainer: into a checkpoint before its atomic rename)."""
+    torch.save(state, Path(directory) / INFERENCE_FILE)
 
 
 def find_inference_file(path: str | Path) -> Path:
@@ -97,3 +106,30 @@ def inference_ops(meta: dict, device: torch.device):
     ops = build_device_ops(build_model_config(meta["model"], num_classes=len(meta["class_names"])), device,
                            encode_on_device="off")
     return ops, getattr(torch, meta["autocast"]) if meta["autocast"] else None
+
+
+@torch.no_grad()
+def infer_detections(model, loader, coder: BoxCoder, label_to_category: dict[int, int], device: torch.device,
+                     autocast_dtype: torch.dtype | None = None, images_to_draw: int = 0, decode=decode_scores,
+                     memory_format: torch.memory_format = torch.contiguous_format, pad_to: int | None = None):
+    """This rank's detections as an [N, 7] float64 array, the ids of the images it evaluated, the count of skipped
+    images, and up to `images_to_draw` examples `(image [3,S,S] uint8, boxes_ltrb relative, scores, labels)` for
+    TensorBoard. `decode` is the torch or Triton decode+softmax (ssd_ds.device_ops.decode_scores_fn); `pad_to`
+    (the loader's batch size) runs every batch at that size (`detect_batch`), for a compiled model."""
+    was_training = model.training
+    model.eval()
+    detections, seen, skipped, examples = [], [], 0, []
+    for images, image_ids, sizes, n_skipped in loader:
+        seen += image_ids
+        skipped += n_skipped
+        if images is None:
+            continue
+        per_image = detect_batch(model, images, coder, device, autocast_dtype, decode, memory_format,
+                                 pad_to).per_image()
+        for (boxes, scores, labels), image in zip(per_image, images):
+            if len(examples) < images_to_draw:
+                examples.append((image.cpu(), boxes.cpu(), scores.cpu(), labels.cpu()))
+        for r in to_coco_results(per_image, image_ids, sizes, label_to_category):
+            detections.append([r["image_id"], *r["bbox"], r["score"], r["category_id"]])
+    model.train(was_training)
+    return np.asarray(detections, dtype=np.float64).reshape(-1, 7), seen, skipped, examples

@@ -21,6 +21,7 @@ from mlperf_logging.mllog import constants as mllog_keys
 from torchvision.utils import draw_bounding_boxes
 
 from ssd_ds import checkpoint
+from ssd_ds.coco_eval import BackgroundEvaluator
 from ssd_ds.data.batch import Batch
 from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.device_input import DecodeCounts
@@ -28,8 +29,7 @@ from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler, loader_failure
 from ssd_ds.data.transforms import normalize_images
 from ssd_ds.distributed import flag_from_rank0, gather_to_rank0, parameter_checksums, verify_replicas
 from ssd_ds.ds_config import BatchPlan
-from ssd_ds.evaluate import BackgroundEvaluator, infer_detections
-from ssd_ds.inference import inference_state
+from ssd_ds.inference import infer_detections, inference_state, save_inference
 from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import MLPerfLogger
 from ssd_ds.rng import rng_state
@@ -268,10 +268,9 @@ def save_checkpoint(run: TrainingRun) -> None:
     inference = None
     if run.rank == 0:
         inference = inference_state(run.built.deepspeed.module.model, run.cfg.model, run.input_size,
-                                               run.val_set.class_names, run.val_set.label_to_category,
-                                               run.autocast_dtype)
+                                    run.val_set.class_names, run.val_set.label_to_category, run.autocast_dtype)
     checkpoint.save(run.built.deepspeed, run.ckpt_dir, tag, client_state(run.state, run.sampler, run.cfg),
-                    run.cfg.keep_checkpoints, inference)
+                    run.cfg.keep_checkpoints, lambda directory: save_inference(inference, directory))
 
 
 def evaluate(run: TrainingRun, epoch: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ssd_ds.anchors import AnchorConfig
 from ssd_ds.errors import BadInput
 
 
@@ -21,35 +22,6 @@ class ExtraBlock:
     out: int  # channels after the 3x3 conv
     stride: int  # stride of the 3x3 conv
     padding: int  # padding of the 3x3 conv
-
-
-@dataclass(frozen=True)
-class AnchorConfig:
-    """Default-box geometry (SPEC section 2), in pixels of the square input."""
-
-    fig_size: int  # input side in pixels
-    feat_sizes: tuple[int, ...]  # side of each feature map, in level order
-    steps: tuple[float, ...]  # pixel stride per level; fk = fig_size / step
-    scales: tuple[float, ...]  # box scale in pixels per level, one more than levels (s_k, s_k+1)
-    aspect_ratios: tuple[tuple[int, ...], ...]  # extra aspect ratios per level (each adds two boxes)
-
-    def __post_init__(self) -> None:
-        n = len(self.feat_sizes)
-        if not (len(self.steps) == n and len(self.aspect_ratios) == n and len(self.scales) == n + 1):
-            raise ValueError(
-                f"AnchorConfig: {n} feature sizes need {n} steps, {n} aspect-ratio lists and {n + 1} scales; "
-                f"got {len(self.steps)}, {len(self.aspect_ratios)}, {len(self.scales)}"
-            )
-
-    @property
-    def boxes_per_location(self) -> tuple[int, ...]:
-        """`nd` per level: the two square boxes plus two per extra aspect ratio."""
-        return tuple(2 + 2 * len(ar) for ar in self.aspect_ratios)
-
-    @property
-    def num_anchors(self) -> int:
-        """A: total default boxes over all levels."""
-        return sum(nd * f * f for nd, f in zip(self.boxes_per_location, self.feat_sizes))
 
 
 @dataclass(frozen=True)

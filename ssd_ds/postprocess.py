@@ -147,7 +147,7 @@ def postprocess(
 ) -> Detections:
     """Batch: locs [B,A,4], logits [B,A,C] -> Detections (per image: boxes_ltrb relative, scores, labels).
 
-    `decode` is `decode_scores` or a kernel of the same signature (triton_kernels.select.decode_scores_fn).
+    `decode` is `decode_scores` or a kernel of the same signature (ssd_ds.device_ops.decode_scores_fn).
     """
     boxes, scores = decode(locs, logits, coder.dboxes_cxcywh, cfg.score_threshold)
     return select_detections(boxes, scores, cfg)

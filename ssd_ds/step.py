@@ -14,7 +14,7 @@ from ssd_ds.loss import localisation_loss
 class SSDTrainStep(torch.nn.Module):
     """Model + loss as one module, so torch.compile sees the whole forward and DeepSpeed drives it.
 
-    `loss_fn` is the torch reference or the Triton kernel (triton_kernels.select). Returns (loss, loc part, conf
+    `loss_fn` is the torch reference or the Triton kernel (ssd_ds.device_ops). Returns (loss, loc part, conf
     part); the parts are for logging only, the loc part recomputed outside autograd (elementwise, cheap).
     """
 

@@ -18,37 +18,26 @@ from mlperf_logging.mllog import constants as mllog_keys
 from ssd_ds import checkpoint, ds_config
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import BoxCoder
+from ssd_ds.coco_eval import BackgroundEvaluator
 from ssd_ds.data.batch import collate_train
 from ssd_ds.data.coco import CocoDetection
-from ssd_ds.data.device_input import (
-    CompressedTrainTransform,
-    DevicePreparation,
-    collate_compressed,
-    should_decode_on_device,
-)
+from ssd_ds.data.device_input import CompressedTrainTransform, DevicePreparation, collate_compressed
 from ssd_ds.data.loaders import TrainSampler, build_eval_loader, build_train_loader, check_shared_memory
 from ssd_ds.data.synthetic import ensure_synthetic
 from ssd_ds.data.transforms import CROP_MAX_SAMPLES, EvalTransform, TrainTransform
-from ssd_ds.device_ops import should_encode_on_device
 from ssd_ds.distributed import barrier, init_distributed, setup_process_env
 from ssd_ds.errors import BadInput
-from ssd_ds.evaluate import BackgroundEvaluator
 from ssd_ds.loop import RunState, TrainingRun, evaluate_only, train
 from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import RESUMED_FROM, open_run_log
 from ssd_ds.model import build_model
 from ssd_ds.model_config import build_model_config
 from ssd_ds.rng import set_rng_state
-from ssd_ds.run_config import RunConfig, config_from_args
+from ssd_ds.run_config import config_from_args
 from ssd_ds.run_dir import open_run_dir
 from ssd_ds.schedule import base_lr, lr_factor
-from ssd_ds.speedups import (
-    build_optimizer,
-    build_training_setup,
-    load_compile_cache,
-    save_compile_cache,
-    warm_up,
-)
+from ssd_ds.speedups import build_training_setup, input_on_device, training_setup_options
+from ssd_ds.warmup import load_compile_cache, save_compile_cache, warm_up
 
 log = logging.getLogger("ssd_ds.train")
 
@@ -61,22 +50,6 @@ def check_dataset_box_counts(dataset: CocoDetection, max_boxes: int) -> None:
         n = len(most.labels)
         raise BadInput(f"{dataset.ann_file}: image {most.image_id} has {n} boxes, more than --max_boxes {max_boxes} "
                        f"(boxes per image encoded on the device); pass --max_boxes {n} or more (at most 256)")
-
-
-def input_on_device(cfg: RunConfig, device: torch.device) -> tuple[bool, bool]:
-    """Where a run of `cfg` on `device` prepares its batches: (images decoded and augmented on the device, boxes
-    encoded on the device). Decoding on the device leaves the boxes to the device too."""
-    decode = should_decode_on_device(cfg.input, device)
-    return decode, decode or should_encode_on_device(cfg.encode_on_device, device)
-
-
-def training_setup_options(cfg: RunConfig, device: torch.device, lr: float) -> dict:
-    """The settings a run of `cfg` passes to `build_training_setup` on `device`, the LR schedule aside; `python -m
-    ssd_ds.bench train` times the setup they build as the trainer's configuration."""
-    _, encode_on_device = input_on_device(cfg, device)
-    return dict(kernels=cfg.kernels, compile=cfg.compile, encode_on_device="on" if encode_on_device else "off",
-                channels_last=cfg.channels_last,
-                optimizer_fn=lambda m: build_optimizer(m, lr, cfg.momentum, cfg.weight_decay, device))
 
 
 def main(argv: list[str] | None = None) -> RunState:

@@ -20,10 +20,9 @@ import triton
 import triton.language as tl
 
 from ssd_ds.box_coder import SCALE_WH, SCALE_XY
-from ssd_ds.postprocess import decode_scores as decode_scores_reference
 from triton_kernels._common import NAMESPACE, check_device, softmax_rows
 
-__all__ = ["decode_scores", "decode_scores_reference"]
+__all__ = ["decode_scores"]
 
 
 @triton.jit

@@ -24,10 +24,9 @@ import triton
 import triton.language as tl
 
 from ssd_ds.box_coder import FORCED_IOU, IOU_THRESHOLD, SCALE_WH, SCALE_XY
-from ssd_ds.box_coder import encode_batch as encode_batch_reference
 from triton_kernels._common import NAMESPACE, check_device
 
-__all__ = ["MAX_BOXES", "encode_batch", "encode_batch_reference"]
+__all__ = ["MAX_BOXES", "encode_batch"]
 
 MAX_BOXES = 256  # one [G, BLOCK_A] IoU tile per step holds every box of an image
 _TILES_PER_PROGRAM = 8  # pass 1: fewer programs means fewer per-box partials for pass 2 to reduce

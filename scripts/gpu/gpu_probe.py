@@ -96,7 +96,8 @@ def phases(args: argparse.Namespace) -> None:
     from ssd_ds.loop import train_step
     from ssd_ds.model import build_model
     from ssd_ds.model_config import build_model_config
-    from ssd_ds.speedups import build_training_setup, warm_up
+    from ssd_ds.speedups import build_training_setup
+    from ssd_ds.warmup import warm_up
 
     setup_process_env()
     dev = device()

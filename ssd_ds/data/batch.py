@@ -3,7 +3,7 @@
 A batch always carries the augmented boxes, padded, with their labels and counts; when the loader workers encoded
 them against the default boxes (the CPU path) it also carries the encoded targets, and otherwise the device encodes
 them in the step (`ssd_ds.loop.train_step`). Which of the two happens is decided once per run
-(`ssd_ds.train.input_on_device`) and reaches the step as `DeviceOps.encode` (None: the workers encode); the step
+(`ssd_ds.speedups.input_on_device`) and reaches the step as `DeviceOps.encode` (None: the workers encode); the step
 follows that decision and raises on a batch that disagrees with it, never inferring it from the tensors.
 """
 
@@ -86,3 +86,18 @@ def collate_train(samples: list[TrainSample]) -> Batch:
         labels_t=torch.stack([s.labels_t for s in samples]) if encoded else None,
         skipped=sum(s.skipped for s in samples),
     )
+
+
+def synthetic_batch(micro_batch: int, input_size: int, max_boxes: int, generator: torch.Generator | None = None):
+    """Random pixels and boxes in the shapes the loader ships (warm-up and benchmarks; no training data touched):
+    (images [B,3,S,S] uint8, gt_ltrb [B,max_boxes,4] relative, gt_labels [B,max_boxes]), 8 boxes an image."""
+    generator = generator or torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (micro_batch, 3, input_size, input_size), dtype=torch.uint8, generator=generator)
+    G = min(max_boxes, 8)
+    xy = torch.rand(micro_batch, G, 2, generator=generator) * 0.6
+    wh = 0.1 + torch.rand(micro_batch, G, 2, generator=generator) * 0.3
+    gt_ltrb = torch.zeros(micro_batch, max_boxes, 4)
+    gt_labels = torch.zeros(micro_batch, max_boxes, dtype=torch.int64)
+    gt_ltrb[:, :G] = torch.cat([xy, xy + wh], dim=2)
+    gt_labels[:, :G] = 1
+    return images, gt_ltrb, gt_labels

@@ -7,8 +7,7 @@ import sys
 import pytest
 import torch
 
-from ssd_ds.checkpoint import INFERENCE_FILE
-from ssd_ds.inference import load_inference
+from ssd_ds.inference import INFERENCE_FILE, load_inference
 from tests.helpers import REPO, env, metrics, run_train, train_args
 
 

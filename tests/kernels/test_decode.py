@@ -8,7 +8,8 @@ from ssd_ds.anchors import default_boxes_cxcywh
 from ssd_ds.box_coder import BoxCoder, decode_offsets
 from ssd_ds.model_config import mlperf
 from ssd_ds.postprocess import PostprocessConfig, postprocess
-from triton_kernels.decode import decode_scores, decode_scores_reference
+from ssd_ds.postprocess import decode_scores as decode_scores_reference
+from triton_kernels.decode import decode_scores
 
 SHAPES = [(4, 512, 16), (3, 301, 11)]  # (B, A, C): aligned, odd
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

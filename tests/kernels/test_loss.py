@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from ssd_ds.loss import hard_negative_mask
-from triton_kernels.loss import MAX_ANCHORS, ssd_loss, ssd_loss_backward, ssd_loss_forward, ssd_loss_reference
+from ssd_ds.loss import ssd_loss as ssd_loss_reference
+from triton_kernels.loss import MAX_ANCHORS, ssd_loss, ssd_loss_backward, ssd_loss_forward
 
 SHAPES = [(4, 512, 16), (3, 301, 11)]  # (B, A, C): aligned, odd
 

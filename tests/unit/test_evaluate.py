@@ -7,12 +7,12 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ssd_ds.coco_eval import STAT_NAMES, BackgroundEvaluator, coco_eval
 from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.loaders import build_eval_loader
 from ssd_ds.data.transforms import EvalTransform
 from ssd_ds.device_ops import build_device_ops
-from ssd_ds.evaluate import STAT_NAMES, BackgroundEvaluator, coco_eval, infer_detections
-from ssd_ds.inference import detect_batch
+from ssd_ds.inference import detect_batch, infer_detections
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
 from tests.helpers import CallLog

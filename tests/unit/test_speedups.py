@@ -16,8 +16,9 @@ from ssd_ds.device_ops import build_device_ops
 from ssd_ds.ds_config import engine_settings
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
-from ssd_ds.speedups import TrainingSetup, load_compile_cache, save_compile_cache, warm_up
+from ssd_ds.speedups import TrainingSetup
 from ssd_ds.step import SSDTrainStep
+from ssd_ds.warmup import load_compile_cache, save_compile_cache, warm_up
 from tests.helpers import REPO, CallLog
 
 

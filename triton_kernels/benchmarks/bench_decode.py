@@ -25,7 +25,8 @@ THRESHOLD = PostprocessConfig().score_threshold
 def main() -> None:
     args = common.parse_args(NAME, __doc__, layouts=True)
     common.require_gpu(NAME)
-    from triton_kernels.decode import decode_scores, decode_scores_reference
+    from ssd_ds.postprocess import decode_scores as decode_scores_reference
+    from triton_kernels.decode import decode_scores
 
     scores_fns = {"triton": decode_scores, "torch": decode_scores_reference}
     scores_fns["torch.compile"] = common.compiled(decode_scores_reference)

@@ -35,7 +35,8 @@ def make_batch(B: int, G: int):
 def main() -> None:
     args = common.parse_args(NAME, __doc__, slots=True)
     common.require_gpu(NAME)
-    from triton_kernels.encode import encode_batch, encode_batch_reference
+    from ssd_ds.box_coder import encode_batch as encode_batch_reference
+    from triton_kernels.encode import encode_batch
 
     fns = {"triton": encode_batch, "torch": encode_batch_reference}
     fns["torch.compile"] = common.compiled(encode_batch_reference)

@@ -35,7 +35,8 @@ def make_targets(B: int) -> tuple[torch.Tensor, torch.Tensor]:
 def main() -> None:
     args = common.parse_args(NAME, __doc__, layouts=True)
     common.require_gpu(NAME)
-    from triton_kernels.loss import ssd_loss, ssd_loss_reference
+    from ssd_ds.loss import ssd_loss as ssd_loss_reference
+    from triton_kernels.loss import ssd_loss
 
     losses = {"triton": ssd_loss, "torch": ssd_loss_reference, "torch.compile": common.compiled(ssd_loss_reference)}
     report = common.Report(args.out)

@@ -5,11 +5,11 @@ import torch
 
 from ssd_ds.anchors import default_boxes_ltrb
 from ssd_ds.box_coder import encode_batch
+from ssd_ds.device_ops import OPS, encode_fn, op_fn, resolve_backend, ssd_loss_fn
 from ssd_ds.loss import ssd_loss
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
 from tests.smoke import generated_batch
-from triton_kernels.select import OPS, encode_fn, op_fn, resolve_backend, ssd_loss_fn
 
 
 def test_resolve_backend(monkeypatch):
