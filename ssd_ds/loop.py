@@ -1,8 +1,10 @@
 """The training loop's parts, as torchvision's detection references split them: one step, one epoch, one evaluation.
 
-`TrainingRun` holds what they share (the `TrainingSetup` of ssd_ds.speedups, the loaders, the logs and where the run
-is); `ssd_ds.train` builds it and calls `train` or `evaluate_only`. The run stops on exactly one condition,
-`TrainingRun.should_stop`.
+Each function is given what it uses. What several of them share is a small object with one job: `TrainData` (the
+sampler, the loader and how batches reach the device), `TrainLog` (rank 0's per-step records), `Checkpoints` (where
+and how a checkpoint is saved), `Evaluation` (the evaluations during training, COCOeval in the background) and
+`StopAt` (the one stop condition). `ssd_ds.train` builds them in dependency order and calls `train` or
+`evaluate_only`; where the run is lives in `RunState`, which every checkpoint saves.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from mlperf_logging.mllog import constants as mllog_keys
 from torchvision.utils import draw_bounding_boxes
 
 from ssd_ds import checkpoint
@@ -33,7 +34,7 @@ from ssd_ds.inference import infer_detections, inference_state, save_inference
 from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import MLPerfLogger
 from ssd_ds.rng import rng_state
-from ssd_ds.run_config import RunConfig
+from ssd_ds.schedule import EvalSchedule
 from ssd_ds.speedups import TrainingSetup
 
 log = logging.getLogger("ssd_ds.train")
@@ -51,11 +52,16 @@ class RunState:
     evals: dict = field(default_factory=dict)  # epoch -> stats
 
 
-def client_state(state: RunState, sampler: TrainSampler, cfg: RunConfig) -> dict:
-    """What a checkpoint saves beside DeepSpeed's module, optimizer and scheduler: host data only (plain numbers and
-    CPU RNG states), so that a checkpoint of a GPU run reads anywhere."""
-    return {"run_state": asdict(state), "rng": rng_state(), "sampler": sampler.state_dict(),
-            "config": asdict(cfg)}
+@dataclass(frozen=True)
+class StopAt:
+    """The one stop condition: the target reached (`RunState.success`), the schedule's epochs done, or the iteration
+    limit (the schedule's, or --max_iters) reached."""
+
+    epochs: int
+    iterations: int
+
+    def __call__(self, state: RunState) -> bool:
+        return state.success or state.epoch >= self.epochs or state.iteration >= self.iterations
 
 
 def train_step(engine, batch: Batch, memory_format: torch.memory_format, encode=None):
@@ -78,6 +84,33 @@ def train_step(engine, batch: Batch, memory_format: torch.memory_format, encode=
     engine.backward(loss)
     engine.step()
     return loss.detach(), loc.detach(), conf.detach()
+
+
+@dataclass
+class TrainData:
+    """The training data of this rank: its sampler and loader, the batch plan, and how a host batch reaches the
+    device (`prepare_batch`: DevicePrefetcher's default, a copy, or on the device input path decode and augmentation
+    on the device)."""
+
+    loader: torch.utils.data.DataLoader
+    sampler: TrainSampler
+    plan: BatchPlan
+    iters_per_epoch: int
+    device: torch.device
+    prepare_batch: Callable | None = None
+    data_dir: str = ""  # named in the error a stalled or dead loader worker ends the run with
+    timeout: float = 0.0  # the loader's --loader_timeout
+
+    def batches(self, state: RunState) -> DevicePrefetcher:
+        """The micro-batches of the rest of the current epoch, on the device (a resumed epoch starts where it was)."""
+        accum = self.plan.accumulation
+        self.sampler.set_epoch(state.epoch, start=state.iter_in_epoch * accum * self.plan.micro_batch)
+        micro_batches = (self.iters_per_epoch - state.iter_in_epoch) * accum
+        return DevicePrefetcher(islice(self.loader, micro_batches), self.device, self.prepare_batch)
+
+    def failure(self, exc: RuntimeError):
+        """The user error a loader worker's stall or death becomes (ssd_ds.data.loaders.loader_failure), or None."""
+        return loader_failure(exc, self.data_dir, self.timeout)
 
 
 class LossWindow:
@@ -109,231 +142,234 @@ class LossWindow:
         return records
 
 
-@dataclass
-class TrainingRun:
-    """What the loop's functions share."""
+class TrainLog:
+    """The training records (rank 0's metrics logger writes them): one per step with its losses; the last of each
+    log interval also carries the LR, the speed, the host seconds per step spent waiting for the loader workers and
+    preparing batches for the device, the images skipped as unreadable, on the device input path how many images
+    each decode path took, and on CUDA the allocator's peaks."""
 
-    cfg: RunConfig
-    rank: int
-    world: int
-    device: torch.device
-    plan: BatchPlan
-    built: TrainingSetup
-    sampler: TrainSampler
-    train_loader: torch.utils.data.DataLoader
-    eval_loader: torch.utils.data.DataLoader
-    val_set: CocoDetection
-    run_dir: Path
-    mlperf: MLPerfLogger
-    metrics: MetricsLogger
-    evaluator: BackgroundEvaluator | None  # rank 0's
-    state: RunState
-    iters_per_epoch: int
-    autocast_dtype: torch.dtype | None
-    input_size: int
-    prepare_batch: Callable | None = None  # host batch -> Batch on the device (DevicePrefetcher's default: a copy)
-    decode_counts: DecodeCounts | None = None  # the device input path's decode paths (prepare_batch's decoder)
-    losses: LossWindow = field(default_factory=LossWindow)
-    skipped_images: int = 0  # unreadable training images passed over since the last log
-    submitted_at: dict = field(default_factory=dict)  # epoch -> iteration at which its evaluation was submitted
+    def __init__(self, metrics: MetricsLogger, ckpt_dir: Path, global_batch: int, device: torch.device,
+                 decode_counts: DecodeCounts | None = None):
+        self.metrics = metrics
+        self.ckpt_dir = ckpt_dir  # named when a loss is not finite
+        self.global_batch = global_batch
+        self.device = device
+        self.decode_counts = decode_counts
+        self.losses = LossWindow()
+        self.skipped_images = 0  # unreadable training images passed over since the last log
 
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+    def add(self, iteration: int, loss: torch.Tensor, loc: torch.Tensor, conf: torch.Tensor) -> None:
+        self.losses.add(iteration, loss, loc, conf)
 
-    @property
-    def total_iters(self) -> int:
-        total = self.cfg.epochs * self.iters_per_epoch
-        return min(total, self.cfg.max_iters) if self.cfg.max_iters else total
+    def check_finite(self) -> None:
+        """Before a checkpoint: never save past a non-finite loss."""
+        self.losses.drain(self.ckpt_dir)
 
-    def should_stop(self) -> bool:
-        """The one stop condition: the target reached, the schedule's epochs done, or --max_iters reached."""
-        state = self.state
-        return state.success or state.epoch >= self.cfg.epochs or state.iteration >= self.total_iters
+    def write(self, epoch: int, lr: float, elapsed: float, data_wait: float, prepare: float) -> None:
+        steps = len(self.losses)
+        records = self.losses.drain(self.ckpt_dir)
+        if not records:
+            return
+        records[-1].update(epoch=epoch, lr=lr, images_per_s=steps * self.global_batch / max(elapsed, 1e-9),
+                           data_wait_s_per_step=data_wait / steps, prepare_s_per_step=prepare / steps,
+                           skipped_images=self.skipped_images)
+        if self.decode_counts is not None:
+            records[-1]["decode"] = self.decode_counts.take()
+        if self.device.type == "cuda":  # the allocator's own counters: no sync
+            records[-1].update(max_allocated_gib=torch.cuda.max_memory_allocated(self.device) / 2**30,
+                               max_reserved_gib=torch.cuda.max_memory_reserved(self.device) / 2**30)
+        self.skipped_images = 0
+        for record in records:
+            self.metrics.log("train", record, record["iteration"])
+
+
+class Checkpoints:
+    """Saves the run (ssd_ds.checkpoint: atomic, collective) with the client state and, on rank 0, the inference file
+    beside DeepSpeed's (ssd_ds.inference.inference_state: what predict, evaluate and export load)."""
+
+    def __init__(self, engine, ckpt_dir: Path, keep: int, sampler: TrainSampler, config: dict,
+                 inference_meta: dict | None):
+        """`config`: the resolved run config as a dict; `inference_meta`: rank 0's `inference_state` arguments other
+        than the model (None on other ranks)."""
+        self.engine = engine
+        self.ckpt_dir = ckpt_dir
+        self.keep = keep
+        self.sampler = sampler
+        self.config = config
+        self.inference_meta = inference_meta
+
+    def client_state(self, state: RunState) -> dict:
+        """What a checkpoint saves beside DeepSpeed's module, optimizer and scheduler: host data only (plain numbers
+        and CPU RNG states), so that a checkpoint of a GPU run reads anywhere."""
+        return {"run_state": asdict(state), "rng": rng_state(), "sampler": self.sampler.state_dict(),
+                "config": self.config}
+
+    def save(self, state: RunState) -> None:
+        tag = f"epoch{state.epoch:03d}_iter{state.iteration:07d}"
+        write_beside = None
+        if self.inference_meta is not None:
+            inference = inference_state(self.engine.module.model, **self.inference_meta)
+            write_beside = lambda directory: save_inference(inference, directory)  # noqa: E731
+        checkpoint.save(self.engine, self.ckpt_dir, tag, self.client_state(state), self.keep, write_beside)
+
+
+class Evaluation:
+    """The evaluations during training (SPEC section 6): sharded inference on every rank, COCOeval of the gathered
+    detections in a background process on rank 0, results picked up while training goes on. Reaching the target is
+    broadcast, so that all ranks stop together."""
+
+    def __init__(self, setup: TrainingSetup, loader: torch.utils.data.DataLoader, val_set: CocoDetection,
+                 device: torch.device, autocast_dtype: torch.dtype | None, rank: int,
+                 evaluator: BackgroundEvaluator | None, metrics: MetricsLogger, mlperf: MLPerfLogger,
+                 target_map: float, pad_to: int | None = None, images_to_draw: int = 0):
+        """`evaluator`: rank 0's; `pad_to`: every batch at that size (a compiled model: the size the warm-up compiled
+        it for); `images_to_draw`: validation images with their detections for TensorBoard (rank 0)."""
+        self.setup = setup
+        self.loader = loader
+        self.val_set = val_set
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.rank = rank
+        self.evaluator = evaluator
+        self.metrics = metrics
+        self.mlperf = mlperf
+        self.target_map = target_map
+        self.pad_to = pad_to
+        self.images_to_draw = images_to_draw if rank == 0 else 0
+        self.submitted_at: dict[int, int] = {}  # epoch -> iteration at which its evaluation was submitted
+
+    def run(self, epoch: int, iteration: int) -> None:
+        """Inference over this rank's shard now; rank 0 submits the gathered detections to COCOeval."""
+        self.mlperf.eval_start(epoch)
+        setup = self.setup
+        detections, seen, skipped, examples = infer_detections(
+            setup.eval_model, self.loader, setup.ops.coder, self.val_set.label_to_category, self.device,
+            self.autocast_dtype, self.images_to_draw, setup.ops.decode_scores, setup.memory_format, self.pad_to)
+        if skipped:
+            log.warning("evaluation at epoch %d skipped %d unreadable images on rank %d", epoch, skipped, self.rank)
+        gathered = gather_to_rank0((detections, seen, skipped))
+        if self.rank != 0:
+            return
+        self.check_coverage(epoch, [g[1] for g in gathered], sum(g[2] for g in gathered))
+        self.evaluator.submit(epoch, np.concatenate([g[0] for g in gathered]))
+        self.submitted_at[epoch] = iteration
+        names = self.val_set.class_names
+        for i, (image, boxes, scores, labels) in enumerate(examples):
+            keep = scores > 0.3
+            captions = [f"{names[label]} {score:.2f}"
+                        for label, score in zip(labels[keep].tolist(), scores[keep].tolist())]
+            self.metrics.image(f"val/image_{i}", draw_bounding_boxes(image, boxes[keep] * image.shape[-1],
+                                                                     labels=captions), epoch)
+
+    def check_coverage(self, epoch: int, seen_per_rank: list[list[int]], skipped: int) -> None:
+        """Every validation image evaluated exactly once over all ranks (SPEC section 6), unreadable ones aside."""
+        seen = [i for ids in seen_per_rank for i in ids]
+        record = {"eval_coverage": epoch, "per_rank": [len(ids) for ids in seen_per_rank], "unique": len(set(seen)),
+                  "skipped": skipped, "val_images": len(self.val_set)}
+        self.metrics.log("eval_coverage", record, epoch)
+        if len(seen) != len(set(seen)) or len(seen) + skipped != len(self.val_set):
+            raise RuntimeError(f"evaluation of epoch {epoch} did not cover the validation set exactly once: {record}")
+
+    def poll(self, state: RunState, results: list | None = None) -> None:
+        """Rank 0 picks up finished evaluations (or the given `results`); the target reached is broadcast."""
+        if self.rank == 0:
+            for epoch, stats in (self.evaluator.poll() if results is None else results):
+                self.record(state, epoch, stats)
+        state.success = flag_from_rank0(state.success, self.device)
+
+    def finish(self, state: RunState) -> None:
+        """At the end of the schedule: wait for evaluations still running, they may reach the target."""
+        self.poll(state, self.evaluator.wait() if self.rank == 0 else [])
+
+    def record(self, state: RunState, epoch: int, stats: dict | None) -> None:
+        self.metrics.log("eval", {"eval_epoch": epoch, "submitted_at": self.submitted_at.pop(epoch, None),
+                                  "picked_up_at": state.iteration, "stats": stats}, epoch)
+        if stats is None:
+            self.metrics.text("eval/failure", f"evaluation of epoch {epoch} failed; training goes on", epoch)
+            return
+        state.evals[epoch] = stats
+        state.best_map = max(state.best_map, stats["AP"])
+        self.mlperf.eval_result(epoch, stats["AP"])
+        log.info("epoch %d: COCO AP %.4f (AP50 %.4f, AP75 %.4f)", epoch, stats["AP"], stats["AP50"], stats["AP75"])
+        if stats["AP"] >= self.target_map:
+            state.success = True
 
     def close(self) -> None:
         if self.evaluator is not None:
             self.evaluator.close()
-        self.metrics.close()
-        self.mlperf.close()
 
 
-def train(run: TrainingRun) -> RunState:
-    """Epochs until `should_stop`; then wait for evaluations still running, check the replicas, log run_stop."""
-    run.mlperf.start(mllog_keys.RUN_START)
-    if run.cfg.progress:
-        run.metrics.start_progress(run.total_iters, run.state.iteration)
-    status = "aborted"
+def train(state: RunState, stop: StopAt, train_epoch: Callable[[], None], data: TrainData, evaluation: Evaluation,
+          setup: TrainingSetup, metrics: MetricsLogger, mlperf: MLPerfLogger) -> RunState:
+    """`train_epoch()` (a `train_one_epoch` with its arguments bound) until `stop`; then wait for evaluations still
+    running, check that the replicas agree, and log run_stop."""
+    mlperf.run_start()
+    success = False
     try:
-        while not run.should_stop():
+        while not stop(state):
             try:
-                train_one_epoch(run)
+                train_epoch()
             except RuntimeError as exc:  # a loader worker stalled or died (loaders.loader_failure)
-                failure = loader_failure(exc, run.cfg.data, run.cfg.loader_timeout)
+                failure = data.failure(exc)
                 if failure is None:
                     raise
                 raise failure from exc
-        if not run.state.success:
-            finish_evaluations(run)
-        checksums = parameter_checksums(run.built.deepspeed.module, run.device)
-        run.metrics.log("replicas", {"param_checksums": checksums}, run.state.iteration)
+        if not state.success:
+            evaluation.finish(state)
+        checksums = parameter_checksums(setup.deepspeed.module, data.device)
+        metrics.log("replicas", {"param_checksums": checksums}, state.iteration)
         verify_replicas(checksums)
-        status = "success" if run.state.success else "aborted"
+        success = state.success
     finally:
-        run.mlperf.end(mllog_keys.RUN_STOP, metadata={"status": status})
-        run.close()
-    return run.state
+        mlperf.run_stop(success)
+    return state
 
 
-def evaluate_only(run: TrainingRun) -> RunState:
+def evaluate_only(state: RunState, evaluation: Evaluation) -> RunState:
     """Evaluate the loaded checkpoint once, wait for COCOeval, and end (no training, no MLPerf run)."""
-    try:
-        evaluate(run, run.state.epoch)
-        finish_evaluations(run)
-    finally:
-        run.close()
-    return run.state
+    evaluation.run(state.epoch, state.iteration)
+    evaluation.finish(state)
+    return state
 
 
-def train_one_epoch(run: TrainingRun) -> None:
+def train_one_epoch(state: RunState, setup: TrainingSetup, data: TrainData, schedule: EvalSchedule, stop: StopAt,
+                    train_log: TrainLog, evaluation: Evaluation, checkpoints: Checkpoints, mlperf: MLPerfLogger,
+                    log_every: int, checkpoint_every: int = 0) -> None:
     """The rest of the current epoch (all of it unless resumed mid-epoch); at its end the evaluation the schedule
-    asks for and a checkpoint. Returns early when the run should stop."""
-    cfg, state, schedule = run.cfg, run.state, run.cfg.eval_schedule
+    asks for and a checkpoint. Every `log_every` steps the losses are logged and finished evaluations picked up;
+    every `checkpoint_every` steps (0: never) a checkpoint. Returns early when the run should stop."""
     epoch = state.epoch + 1  # 1-based epoch being trained
     if state.iter_in_epoch == 0:
-        run.mlperf.start(mllog_keys.EPOCH_START, metadata={"epoch_num": epoch})
-        if schedule.block_starts(epoch):
-            run.mlperf.start(mllog_keys.BLOCK_START, metadata={"first_epoch_num": epoch,
-                                                               "epoch_count": schedule.block_length(epoch)})
-    accum = run.plan.accumulation
-    run.sampler.set_epoch(state.epoch, start=state.iter_in_epoch * accum * run.plan.micro_batch)
-    micro_batches = (run.iters_per_epoch - state.iter_in_epoch) * accum
-    batches = DevicePrefetcher(islice(run.train_loader, micro_batches), run.device, run.prepare_batch)
-    engine, ops = run.built.deepspeed, run.built.ops
+        mlperf.epoch_start(epoch, schedule.block_length(epoch) if schedule.block_starts(epoch) else None)
+    batches = data.batches(state)
+    engine, ops = setup.deepspeed, setup.ops
     t_logged = time.perf_counter()
-    while state.iter_in_epoch < run.iters_per_epoch and not run.should_stop():
-        for _ in range(accum):
+    while state.iter_in_epoch < data.iters_per_epoch and not stop(state):
+        for _ in range(data.plan.accumulation):
             batch = next(batches)
-            run.skipped_images += batch.skipped
-            loss, loc, conf = train_step(engine, batch, run.built.memory_format, ops.encode)
+            train_log.skipped_images += batch.skipped
+            loss, loc, conf = train_step(engine, batch, setup.memory_format, ops.encode)
             batches.prefetch()  # after the step is queued (DevicePrefetcher's docstring says why)
         state.iteration += 1
         state.iter_in_epoch += 1
-        run.losses.add(state.iteration, loss, loc, conf)
-        if state.iteration % cfg.log_every == 0 or state.iter_in_epoch == run.iters_per_epoch:
-            log_training(run, time.perf_counter() - t_logged, *batches.take_timings())
+        train_log.add(state.iteration, loss, loc, conf)
+        if state.iteration % log_every == 0 or state.iter_in_epoch == data.iters_per_epoch:
+            train_log.write(state.epoch + 1, engine.lr_scheduler.get_last_lr()[0], time.perf_counter() - t_logged,
+                            *batches.take_timings())
             t_logged = time.perf_counter()
-            poll_evaluations(run)
+            evaluation.poll(state)
             if state.success:
                 return
-        if cfg.checkpoint_every and state.iteration % cfg.checkpoint_every == 0:
-            save_checkpoint(run)
+        if checkpoint_every and state.iteration % checkpoint_every == 0:
+            train_log.check_finite()
+            checkpoints.save(state)
     del batches
-    if state.iter_in_epoch < run.iters_per_epoch:  # stopped by --max_iters
+    if state.iter_in_epoch < data.iters_per_epoch:  # stopped by --max_iters
         return
     state.epoch, state.iter_in_epoch = epoch, 0
-    run.mlperf.end(mllog_keys.EPOCH_STOP, metadata={"epoch_num": epoch})
+    mlperf.epoch_stop(epoch)
     if schedule.evaluates_after(epoch):
-        evaluate(run, epoch)
-        run.mlperf.end(mllog_keys.BLOCK_STOP, metadata={"first_epoch_num": schedule.block_first(epoch)})
-    save_checkpoint(run)
-
-
-def log_training(run: TrainingRun, elapsed: float, data_wait: float, prepare: float) -> None:
-    """The pending steps' losses, one record each; the last also carries the LR, the speed since the last log, the
-    host seconds per step spent waiting for the loader workers and preparing batches for the device (a copy, or on
-    the device input path decode and augmentation, launched from the thread that launches the steps), and on the
-    device input path how many images each decode path took."""
-    steps = len(run.losses)
-    records = run.losses.drain(run.ckpt_dir)
-    if not records:
-        return
-    records[-1].update(epoch=run.state.epoch + 1, lr=run.built.deepspeed.lr_scheduler.get_last_lr()[0],
-                       images_per_s=steps * run.plan.global_batch / max(elapsed, 1e-9),
-                       data_wait_s_per_step=data_wait / steps, prepare_s_per_step=prepare / steps,
-                       skipped_images=run.skipped_images)
-    if run.decode_counts is not None:
-        records[-1]["decode"] = run.decode_counts.take()
-    if run.device.type == "cuda":  # the allocator's own counters: no sync
-        records[-1].update(max_allocated_gib=torch.cuda.max_memory_allocated(run.device) / 2**30,
-                           max_reserved_gib=torch.cuda.max_memory_reserved(run.device) / 2**30)
-    run.skipped_images = 0
-    for record in records:
-        run.metrics.log("train", record, record["iteration"])
-
-
-def save_checkpoint(run: TrainingRun) -> None:
-    run.losses.drain(run.ckpt_dir)  # never checkpoint past a non-finite loss
-    tag = f"epoch{run.state.epoch:03d}_iter{run.state.iteration:07d}"
-    inference = None
-    if run.rank == 0:
-        inference = inference_state(run.built.deepspeed.module.model, run.cfg.model, run.input_size,
-                                    run.val_set.class_names, run.val_set.label_to_category, run.autocast_dtype)
-    checkpoint.save(run.built.deepspeed, run.ckpt_dir, tag, client_state(run.state, run.sampler, run.cfg),
-                    run.cfg.keep_checkpoints, lambda directory: save_inference(inference, directory))
-
-
-def evaluate(run: TrainingRun, epoch: int) -> None:
-    """Sharded inference on every rank now; COCOeval of the gathered detections in the background on rank 0."""
-    run.mlperf.start(mllog_keys.EVAL_START, metadata={"epoch_num": epoch})
-    images_to_draw = run.cfg.eval_images_to_draw if run.rank == 0 else 0
-    # A compiled model is given every batch at the full size, the one the warm-up compiled it for (a partial batch
-    # would compile it again); an eager model runs a partial batch as it comes, so its detections (the CPU demo's
-    # AP sequence) stay bit for bit what they were.
-    pad_to = run.cfg.eval_batch if run.built.compiled else None
-    detections, seen, skipped, examples = infer_detections(
-        run.built.eval_model, run.eval_loader, run.built.ops.coder, run.val_set.label_to_category,
-        run.device, run.autocast_dtype, images_to_draw, run.built.ops.decode_scores, run.built.memory_format, pad_to)
-    if skipped:
-        log.warning("evaluation at epoch %d skipped %d unreadable images on rank %d", epoch, skipped, run.rank)
-    gathered = gather_to_rank0((detections, seen, skipped))
-    if run.rank != 0:
-        return
-    check_coverage(run, epoch, [g[1] for g in gathered], sum(g[2] for g in gathered))
-    run.evaluator.submit(epoch, np.concatenate([g[0] for g in gathered]))
-    run.submitted_at[epoch] = run.state.iteration
-    for i, (image, boxes, scores, labels) in enumerate(examples):
-        keep = scores > 0.3
-        names = run.val_set.class_names
-        captions = [f"{names[label]} {score:.2f}" for label, score in zip(labels[keep].tolist(), scores[keep].tolist())]
-        run.metrics.image(f"val/image_{i}", draw_bounding_boxes(image, boxes[keep] * image.shape[-1],
-                                                                labels=captions), epoch)
-
-
-def check_coverage(run: TrainingRun, epoch: int, seen_per_rank: list[list[int]], skipped: int) -> None:
-    """Every validation image evaluated exactly once over all ranks (SPEC section 6), unreadable ones aside."""
-    seen = [i for ids in seen_per_rank for i in ids]
-    record = {"eval_coverage": epoch, "per_rank": [len(ids) for ids in seen_per_rank], "unique": len(set(seen)),
-              "skipped": skipped, "val_images": len(run.val_set)}
-    run.metrics.log("eval_coverage", record, epoch)
-    if len(seen) != len(set(seen)) or len(seen) + skipped != len(run.val_set):
-        raise RuntimeError(f"evaluation of epoch {epoch} did not cover the validation set exactly once: {record}")
-
-
-def poll_evaluations(run: TrainingRun, results: list | None = None) -> None:
-    """Rank 0 picks up finished evaluations (or the given `results`); reaching the target is broadcast, so that all
-    ranks stop together."""
-    if run.rank == 0:
-        for epoch, stats in (run.evaluator.poll() if results is None else results):
-            record_evaluation(run, epoch, stats)
-    run.state.success = flag_from_rank0(run.state.success, run.device)
-
-
-def record_evaluation(run: TrainingRun, epoch: int, stats: dict | None) -> None:
-    run.metrics.log("eval", {"eval_epoch": epoch, "submitted_at": run.submitted_at.pop(epoch, None),
-                             "picked_up_at": run.state.iteration, "stats": stats}, epoch)
-    if stats is None:
-        run.metrics.text("eval/failure", f"evaluation of epoch {epoch} failed; training goes on", epoch)
-        return
-    run.state.evals[epoch] = stats
-    run.state.best_map = max(run.state.best_map, stats["AP"])
-    run.mlperf.event(mllog_keys.EVAL_ACCURACY, stats["AP"], metadata={"epoch_num": epoch})
-    run.mlperf.end(mllog_keys.EVAL_STOP, metadata={"epoch_num": epoch})
-    log.info("epoch %d: COCO AP %.4f (AP50 %.4f, AP75 %.4f)", epoch, stats["AP"], stats["AP50"], stats["AP75"])
-    if stats["AP"] >= run.cfg.target_map:
-        run.state.success = True
-
-
-def finish_evaluations(run: TrainingRun) -> None:
-    """At the end of the schedule: wait for evaluations still running, they may reach the target."""
-    poll_evaluations(run, run.evaluator.wait() if run.rank == 0 else [])
+        evaluation.run(epoch, state.iteration)
+        mlperf.block_stop(schedule.block_first(epoch))
+    train_log.check_finite()
+    checkpoints.save(state)

@@ -71,18 +71,18 @@ class MLPerfLogger:
         if echo:
             logger.addHandler(logging.StreamHandler())
         self._logger = logger
-        # default_stack_offset 2: the reported file/line is the trainer's call site, not this wrapper.
-        self._mllog = mllog.MLLogger(logger=logger, default_stack_offset=2)
+        # default_stack_offset 3: the reported file/line is the trainer's call site, not this wrapper's two levels.
+        self._mllog = mllog.MLLogger(logger=logger, default_stack_offset=3)
 
-    def event(self, key: str, value=None, metadata: dict | None = None) -> None:
+    def _event(self, key: str, value=None, metadata: dict | None = None) -> None:
         if self.enabled:
             self._mllog.event(key=key, value=value, metadata=metadata)
 
-    def start(self, key: str, value=None, metadata: dict | None = None) -> None:
+    def _start(self, key: str, value=None, metadata: dict | None = None) -> None:
         if self.enabled:
             self._mllog.start(key=key, value=value, metadata=metadata)
 
-    def end(self, key: str, value=None, metadata: dict | None = None) -> None:
+    def _end(self, key: str, value=None, metadata: dict | None = None) -> None:
         if self.enabled:
             self._mllog.end(key=key, value=value, metadata=metadata)
 
@@ -92,12 +92,17 @@ class MLPerfLogger:
                 handler.close()
             self._logger.handlers.clear()
 
-    def submission(self, division: str, platform: str) -> None:
-        self.event(keys.SUBMISSION_BENCHMARK, BENCHMARK)
-        self.event(keys.SUBMISSION_ORG, ORG)
-        self.event(keys.SUBMISSION_DIVISION, division)
-        self.event(keys.SUBMISSION_STATUS, "research")
-        self.event(keys.SUBMISSION_PLATFORM, platform)
+    # One method per phase of the run, in the order they come (SPEC section 8).
+
+    def init_start(self, division: str, platform: str) -> None:
+        """init_start, the submission keys and cache_clear: a first segment's opening."""
+        self._start(keys.INIT_START)
+        self._event(keys.SUBMISSION_BENCHMARK, BENCHMARK)
+        self._event(keys.SUBMISSION_ORG, ORG)
+        self._event(keys.SUBMISSION_DIVISION, division)
+        self._event(keys.SUBMISSION_STATUS, "research")
+        self._event(keys.SUBMISSION_PLATFORM, platform)
+        self._event(keys.CACHE_CLEAR, True)
 
     def hyperparameters(
         self,
@@ -111,14 +116,51 @@ class MLPerfLogger:
         warmup_factor: float,
     ) -> None:
         """The SPEC section 8 hyperparameter keys, between init_start and init_stop."""
-        self.event(keys.SEED, seed)
-        self.event(keys.MODEL_BN_SPAN, bn_span)
-        self.event(keys.GLOBAL_BATCH_SIZE, global_batch)
-        self.event(keys.OPT_BASE_LR, base_lr)
-        self.event(keys.OPT_LR_DECAY_BOUNDARY_EPOCHS, list(decay_epochs))
-        self.event(keys.OPT_WEIGHT_DECAY, weight_decay)
-        self.event(keys.OPT_LR_WARMUP_STEPS, warmup_iters)
-        self.event(keys.OPT_LR_WARMUP_FACTOR, warmup_factor)
+        self._event(keys.SEED, seed)
+        self._event(keys.MODEL_BN_SPAN, bn_span)
+        self._event(keys.GLOBAL_BATCH_SIZE, global_batch)
+        self._event(keys.OPT_BASE_LR, base_lr)
+        self._event(keys.OPT_LR_DECAY_BOUNDARY_EPOCHS, list(decay_epochs))
+        self._event(keys.OPT_WEIGHT_DECAY, weight_decay)
+        self._event(keys.OPT_LR_WARMUP_STEPS, warmup_iters)
+        self._event(keys.OPT_LR_WARMUP_FACTOR, warmup_factor)
+
+    def init_stop(self, train_samples: int, eval_samples: int, max_samples: int) -> None:
+        """The data set sizes and the crop's max_samples, then init_stop (after `hyperparameters`)."""
+        self._event(keys.TRAIN_SAMPLES, train_samples)
+        self._event(keys.MAX_SAMPLES, max_samples)
+        self._event(keys.EVAL_SAMPLES, eval_samples)
+        self._end(keys.INIT_STOP)
+
+    def resumed(self, checkpoint: Path, epoch: int, iteration: int) -> None:
+        """A continuation segment's first record: the checkpoint it resumed from and where that was."""
+        self._event(RESUMED_FROM, str(checkpoint), metadata={"epoch": epoch, "iteration": iteration})
+
+    def run_start(self) -> None:
+        self._start(keys.RUN_START)
+
+    def epoch_start(self, epoch: int, block_length: int | None = None) -> None:
+        """epoch_start; and block_start when `epoch` opens a block of `block_length` epochs ending in an evaluation."""
+        self._start(keys.EPOCH_START, metadata={"epoch_num": epoch})
+        if block_length is not None:
+            self._start(keys.BLOCK_START, metadata={"first_epoch_num": epoch, "epoch_count": block_length})
+
+    def epoch_stop(self, epoch: int) -> None:
+        self._end(keys.EPOCH_STOP, metadata={"epoch_num": epoch})
+
+    def eval_start(self, epoch: int) -> None:
+        self._start(keys.EVAL_START, metadata={"epoch_num": epoch})
+
+    def block_stop(self, first_epoch: int) -> None:
+        self._end(keys.BLOCK_STOP, metadata={"first_epoch_num": first_epoch})
+
+    def eval_result(self, epoch: int, ap: float) -> None:
+        """eval_accuracy and eval_stop, when the background COCOeval of `epoch` is picked up."""
+        self._event(keys.EVAL_ACCURACY, ap, metadata={"epoch_num": epoch})
+        self._end(keys.EVAL_STOP, metadata={"epoch_num": epoch})
+
+    def run_stop(self, success: bool) -> None:
+        self._end(keys.RUN_STOP, metadata={"status": "success" if success else "aborted"})
 
 
 def open_run_log(run_dir: Path, resumed_from: Path | None, enabled: bool, division: str,
@@ -128,9 +170,7 @@ def open_run_log(run_dir: Path, resumed_from: Path | None, enabled: bool, divisi
     `resumed_from` the next continuation segment (module docstring)."""
     if resumed_from is None:
         mlperf = MLPerfLogger(Path(run_dir) / LOG_NAME, enabled=enabled, mode="w")
-        mlperf.start(keys.INIT_START)
-        mlperf.submission(division, platform)
-        mlperf.event(keys.CACHE_CLEAR, True)
+        mlperf.init_start(division, platform)
         return mlperf
     return MLPerfLogger(next_segment_log(run_dir), enabled=enabled, header=(
         f"continuation of {LOG_NAME} in this directory, resumed from checkpoint {resumed_from}: not a complete "

@@ -9,11 +9,12 @@ logs -> data -> model -> speed-ups (ssd_ds.speedups.build_training_setup) -> res
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
+from pathlib import Path
 
 import torch
-from mlperf_logging.mllog import constants as mllog_keys
 
 from ssd_ds import checkpoint, ds_config
 from ssd_ds.anchors import default_boxes_ltrb
@@ -27,9 +28,19 @@ from ssd_ds.data.synthetic import ensure_synthetic
 from ssd_ds.data.transforms import CROP_MAX_SAMPLES, EvalTransform, TrainTransform
 from ssd_ds.distributed import barrier, init_distributed, setup_process_env
 from ssd_ds.errors import BadInput
-from ssd_ds.loop import RunState, TrainingRun, evaluate_only, train
+from ssd_ds.loop import (
+    Checkpoints,
+    Evaluation,
+    RunState,
+    StopAt,
+    TrainData,
+    TrainLog,
+    evaluate_only,
+    train,
+    train_one_epoch,
+)
 from ssd_ds.metrics import MetricsLogger
-from ssd_ds.mlperf_log import RESUMED_FROM, open_run_log
+from ssd_ds.mlperf_log import open_run_log
 from ssd_ds.model import build_model
 from ssd_ds.model_config import build_model_config
 from ssd_ds.rng import set_rng_state
@@ -125,8 +136,7 @@ def main(argv: list[str] | None = None) -> RunState:
         state = RunState(**client["run_state"])
         set_rng_state(client["rng"])
         log.info("resumed from %s/%s at epoch %d, iteration %d", *resume_from, state.epoch, state.iteration)
-        mlperf.event(RESUMED_FROM, str(resume_from[0] / resume_from[1]),
-                     metadata={"epoch": state.epoch, "iteration": state.iteration})
+        mlperf.resumed(resume_from[0] / resume_from[1], state.epoch, state.iteration)
     elif cfg.eval_only:
         raise BadInput(f"{run_dir / 'checkpoints'}: no checkpoint to evaluate (--resume {cfg.resume})")
     if cfg.warm_up == "on" or (cfg.warm_up == "auto" and (built.compiled or device.type == "cuda")):
@@ -142,40 +152,64 @@ def main(argv: list[str] | None = None) -> RunState:
             log.info("torch.compile cache artifacts: %s", f"{saved / 2**20:.1f} MiB saved to {cfg.compile_cache}"
                      if saved else "none to save")
 
-    # The loop.
+    # The loop: its parts (ssd_ds.loop), each given what it uses.
     preparation = DevicePreparation(device, model_cfg.input_size) if decode_on_device else None
-    run = TrainingRun(
-        cfg=cfg, rank=rank, world=world, device=device, plan=plan, built=built, sampler=sampler,
-        train_loader=train_loader, eval_loader=eval_loader, val_set=val_set, run_dir=run_dir, mlperf=mlperf,
-        metrics=MetricsLogger(run_dir, enabled=rank == 0, append=resume_from is not None),
-        evaluator=BackgroundEvaluator(val_set.ann_file, run_dir / "eval", cfg.coco_eval) if rank == 0 else None,
-        state=state, iters_per_epoch=iters_per_epoch, autocast_dtype=engine_cfg.autocast_dtype,
-        input_size=model_cfg.input_size,
-        prepare_batch=preparation, decode_counts=preparation.decoder.counts if preparation else None)
-    if cfg.eval_only:
-        return report(run, evaluate_only(run))
-    if resume_from is None:  # the run's init block: once, in its first segment's log
-        mlperf.hyperparameters(cfg.seed, plan.micro_batch, plan.global_batch, lr, cfg.decay_epochs, cfg.weight_decay,
-                               cfg.warmup_iters, cfg.warmup_factor)
-        mlperf.event(mllog_keys.TRAIN_SAMPLES, len(train_set))
-        mlperf.event(mllog_keys.MAX_SAMPLES, CROP_MAX_SAMPLES)
-        mlperf.event(mllog_keys.EVAL_SAMPLES, len(val_set))
-        mlperf.end(mllog_keys.INIT_STOP)
-    return report(run, train(run))
+    metrics = MetricsLogger(run_dir, enabled=rank == 0, append=resume_from is not None)
+    evaluation = Evaluation(
+        built, eval_loader, val_set, device, engine_cfg.autocast_dtype, rank,
+        BackgroundEvaluator(val_set.ann_file, run_dir / "eval", cfg.coco_eval) if rank == 0 else None, metrics, mlperf,
+        cfg.target_map, images_to_draw=cfg.eval_images_to_draw,
+        # A compiled model is given every batch at the full size, the one the warm-up compiled it for (a partial batch
+        # would compile it again); an eager model runs a partial batch as it comes, so its detections (the CPU demo's
+        # AP sequence) stay bit for bit what they were.
+        pad_to=cfg.eval_batch if built.compiled else None)
+    try:
+        if cfg.eval_only:
+            evaluate_only(state, evaluation)
+            return report_evaluation(state, rank)
+        if resume_from is None:  # the run's init block: once, in its first segment's log
+            mlperf.hyperparameters(cfg.seed, plan.micro_batch, plan.global_batch, lr, cfg.decay_epochs,
+                                   cfg.weight_decay, cfg.warmup_iters, cfg.warmup_factor)
+            mlperf.init_stop(len(train_set), len(val_set), CROP_MAX_SAMPLES)
+        data = TrainData(train_loader, sampler, plan, iters_per_epoch, device, preparation, cfg.data,
+                         cfg.loader_timeout)
+        ckpt_dir = run_dir / "checkpoints"
+        inference_meta = dict(model_name=cfg.model, input_size=model_cfg.input_size,
+                              class_names=val_set.class_names, label_to_category=val_set.label_to_category,
+                              autocast=engine_cfg.autocast_dtype)
+        checkpoints = Checkpoints(built.deepspeed, ckpt_dir, cfg.keep_checkpoints, sampler, dataclasses.asdict(cfg),
+                                  inference_meta if rank == 0 else None)
+        train_log = TrainLog(metrics, ckpt_dir, plan.global_batch, device,
+                             preparation.decoder.counts if preparation else None)
+        epochs = cfg.epochs * iters_per_epoch
+        stop = StopAt(cfg.epochs, min(epochs, cfg.max_iters) if cfg.max_iters else epochs)
+        if cfg.progress:
+            metrics.start_progress(stop.iterations, state.iteration)
+        train_epoch = functools.partial(train_one_epoch, state, built, data, cfg.eval_schedule, stop, train_log,
+                                        evaluation, checkpoints, mlperf, cfg.log_every, cfg.checkpoint_every)
+        train(state, stop, train_epoch, data, evaluation, built, metrics, mlperf)
+        return report_training(state, rank, cfg.target_map, run_dir)
+    finally:
+        evaluation.close()
+        metrics.close()
+        mlperf.close()
 
 
-def report(run: TrainingRun, state: RunState) -> RunState:
-    """The run's outcome on rank 0's stdout."""
-    if run.rank != 0:
-        return state
-    if run.cfg.eval_only:
+def report_evaluation(state: RunState, rank: int) -> RunState:
+    """An evaluation-only run's outcome on rank 0's stdout."""
+    if rank == 0:
         stats = state.evals.get(state.epoch)
         print(f"checkpoint at epoch {state.epoch}: COCO AP {stats['AP']:.4f}" if stats else "evaluation failed")
-        return state
-    print(f"run {'reached' if state.success else 'did not reach'} the target AP {run.cfg.target_map}: "
-          f"best AP {state.best_map:.4f} after {state.epoch} epochs, {state.iteration} iterations")
-    print(f"MLPerf log:  {run.run_dir / 'mlperf.log'}")
-    print(f"TensorBoard: tensorboard --logdir {run.run_dir / 'tensorboard'}")
+    return state
+
+
+def report_training(state: RunState, rank: int, target_map: float, run_dir: Path) -> RunState:
+    """The run's outcome on rank 0's stdout."""
+    if rank == 0:
+        print(f"run {'reached' if state.success else 'did not reach'} the target AP {target_map}: "
+              f"best AP {state.best_map:.4f} after {state.epoch} epochs, {state.iteration} iterations")
+        print(f"MLPerf log:  {run_dir / 'mlperf.log'}")
+        print(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
     return state
 
 

@@ -26,6 +26,7 @@ What cannot run on fake tensors, and how it is covered instead:
 """
 
 import contextlib
+from dataclasses import asdict
 from unittest import mock
 
 import pytest
@@ -41,7 +42,7 @@ from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler, build_eval_loade
 from ssd_ds.data.transforms import EvalTransform, TrainTransform
 from ssd_ds.device_ops import build_device_ops
 from ssd_ds.inference import detect_batch
-from ssd_ds.loop import RunState, client_state, train_step
+from ssd_ds.loop import Checkpoints, RunState, train_step
 from ssd_ds.model import build_model
 from ssd_ds.model_config import cpu_small
 from ssd_ds.run_config import demo
@@ -190,7 +191,7 @@ def test_checkpoint_of_a_cuda_run_holds_host_state_and_device_weights(synthetic_
         engine = StandInEngine(SSDTrainStep(model, ops.loss), plain_sgd(model), None)
         loss, _, _ = train_step(engine, batches[0].to(CUDA), torch.contiguous_format, ops.encode)
         state = RunState(epoch=1, iteration=1, best_map=0.0)
-        client = client_state(state, sampler, demo())
+        client = Checkpoints(engine, None, 1, sampler, asdict(demo()), None).client_state(state)
         weights = engine.module.state_dict()
     assert set(client) == {"run_state", "rng", "sampler", "config"}
     assert client["rng"].keys() >= {"python", "numpy", "torch"}
