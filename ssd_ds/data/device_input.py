@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg
 
+from ssd_ds.data.annotations import ImageRecord
 from ssd_ds.data.batch import Batch, pad_boxes
-from ssd_ds.data.coco import ImageRecord
 from ssd_ds.data.transforms import (
     CONTRAST,
     CROP_MAX_SAMPLES,

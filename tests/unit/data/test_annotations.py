@@ -1,5 +1,6 @@
 """parse_coco on malformed instances files: a bad annotation is dropped and counted under its reason, a broken
-`images`/`categories` entry is one ValueError naming the file, and nothing else ever escapes (ssd_ds/data/coco.py)."""
+`images`/`categories` entry is one ValueError naming the file, and nothing else ever escapes
+(ssd_ds/data/annotations.py)."""
 
 import copy
 import json
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssd_ds.data.coco import CocoDetection, parse_coco
+from ssd_ds.data.annotations import parse_coco
+from ssd_ds.data.coco import CocoDetection
 
 SOURCE = Path("/data/coco/annotations/instances_fuzz2017.json")
 IMAGE_DIR = Path("/data/coco/fuzz2017")
@@ -250,7 +252,7 @@ MALFORMED = [
 @pytest.mark.parametrize("ann,reason", MALFORMED, ids=[f"{r}-{i}" for i, (_, r) in enumerate(MALFORMED)])
 def test_a_malformed_annotation_is_dropped_counted_and_reported(ann, reason, caplog):
     expected_records, _, expected = parse_coco(valid_coco(), IMAGE_DIR, SOURCE)
-    with caplog.at_level(logging.WARNING, logger="ssd_ds.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="ssd_ds.data.annotations"):
         records, _, stats = parse_one(ann)
     assert stats.malformed == {reason: 1}
     assert stats.kept_boxes == expected.kept_boxes and stats.dropped_boxes == 1

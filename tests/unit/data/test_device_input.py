@@ -18,8 +18,9 @@ from torchvision.transforms.v2 import functional as TF
 
 import ssd_ds.data.transforms as transforms
 from ssd_ds.data import device_input
+from ssd_ds.data.annotations import ImageRecord
 from ssd_ds.data.batch import box_slots
-from ssd_ds.data.coco import CocoDetection, ImageRecord, read_image_bytes
+from ssd_ds.data.coco import CocoDetection, read_image_bytes
 from ssd_ds.data.device_input import (
     BatchDecoder,
     CompressedBatch,
