@@ -125,20 +125,26 @@ class LossWindow:
     def __len__(self) -> int:
         return len(self.pending)
 
-    def drain(self, ckpt_dir: Path) -> list[dict]:
-        """The pending losses as records (one sync); a non-finite loss stops the run naming the iteration."""
+    def records(self, ckpt_dir: Path) -> list[dict]:
+        """The pending losses as records (one sync), still pending; a non-finite loss stops the run naming the
+        iteration and the checkpoint it keeps."""
         if not self.pending:
             return []
         values = torch.stack([torch.stack(p[1:]) for p in self.pending]).float().cpu().tolist()
         records = [{"iteration": p[0], "loss": loss, "loc": loc, "conf": conf}
                    for p, (loss, loc, conf) in zip(self.pending, values)]
-        self.pending = []
         for record in records:
             if not math.isfinite(record["loss"]):
                 latest = ckpt_dir / "latest"
                 kept = latest.read_text().strip() if latest.is_file() else "none saved yet"
                 raise FloatingPointError(f"loss is {record['loss']} at iteration {record['iteration']}; stopping. "
                                          f"Last checkpoint ({kept}) in {ckpt_dir} is intact")
+        return records
+
+    def drain(self, ckpt_dir: Path) -> list[dict]:
+        """`records`, no longer pending."""
+        records = self.records(ckpt_dir)
+        self.pending = []
         return records
 
 
@@ -162,8 +168,8 @@ class TrainLog:
         self.losses.add(iteration, loss, loc, conf)
 
     def check_finite(self) -> None:
-        """Before a checkpoint: never save past a non-finite loss."""
-        self.losses.drain(self.ckpt_dir)
+        """Before a checkpoint: never save past a non-finite loss (the losses stay pending for the next record)."""
+        self.losses.records(self.ckpt_dir)
 
     def write(self, epoch: int, lr: float, elapsed: float, data_wait: float, prepare: float) -> None:
         steps = len(self.losses)
