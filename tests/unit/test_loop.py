@@ -1,11 +1,12 @@
-"""The loop's small parts on their own: the training records and the stop condition."""
+"""The loop's small parts on their own: the step's encoding decision, the training records and the stop condition."""
 
 import math
 
 import pytest
 import torch
 
-from ssd_ds.loop import RunState, StopAt, TrainLog
+from ssd_ds.data.batch import Batch
+from ssd_ds.loop import RunState, StopAt, TrainLog, train_step
 
 
 class RecordingMetrics:
@@ -55,3 +56,20 @@ def test_a_non_finite_loss_stops_before_the_checkpoint_naming_the_iteration_and_
 ])
 def test_stop_at(state, stops):
     assert StopAt(epochs=3, iterations=25)(state) is stops
+
+
+def test_train_step_refuses_a_batch_that_disagrees_with_the_runs_encoding_decision():
+    """The run decides once who encodes (DeviceOps.encode None: the loader workers); a batch made the other way is
+    a clear error, not a second encoding or a missing target that goes unnoticed."""
+
+    class Unreachable:  # the engine: never reached when the batch is refused
+        def __call__(self, *args):
+            raise AssertionError("the step ran on a mismatched batch")
+
+    raw = Batch(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(1, 8, 4), torch.zeros(1, 8, dtype=torch.int64),
+                torch.tensor([0]), None, None, 0)
+    encoded = raw._replace(loc_t=torch.zeros(1, 16, 4), labels_t=torch.zeros(1, 16, dtype=torch.int64))
+    with pytest.raises(ValueError, match="carries no encoded targets"):
+        train_step(Unreachable(), raw, torch.contiguous_format, encode=None)
+    with pytest.raises(ValueError, match="already carries targets"):
+        train_step(Unreachable(), encoded, torch.contiguous_format, encode=lambda *a: (None, None))

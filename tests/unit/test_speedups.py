@@ -98,22 +98,3 @@ def test_compile_cache_artifacts_round_trip(tmp_path):
     assert size and (tmp_path / "cache.bin").stat().st_size == size
     assert load_compile_cache(str(tmp_path / "cache.bin"))
 
-
-def test_train_step_refuses_a_batch_that_disagrees_with_the_runs_encoding_decision():
-    """The run decides once who encodes (DeviceOps.encode None: the loader workers); a batch made the other way is
-    a clear error, not a silent second encoding or a missing target."""
-    import pytest
-
-    from ssd_ds.loop import train_step
-
-    class Unreachable:  # the engine: never reached when the batch is refused
-        def __call__(self, *args):
-            raise AssertionError("the step ran on a mismatched batch")
-
-    raw = Batch(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(1, 8, 4), torch.zeros(1, 8, dtype=torch.int64),
-                torch.tensor([0]), None, None, 0)
-    encoded = raw._replace(loc_t=torch.zeros(1, 16, 4), labels_t=torch.zeros(1, 16, dtype=torch.int64))
-    with pytest.raises(ValueError, match="carries no encoded targets"):
-        train_step(Unreachable(), raw, torch.contiguous_format, encode=None)
-    with pytest.raises(ValueError, match="already carries targets"):
-        train_step(Unreachable(), encoded, torch.contiguous_format, encode=lambda *a: (None, None))
