@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssd_ds.fileio import atomic_open, atomic_write
+from ssd_ds.fileio import atomic_open, atomic_write, read_json
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,9 @@ def coco_eval(ann_file: str, detections: np.ndarray, backend: str = "faster") ->
     else:
         raise ValueError(f"COCOeval backend must be one of {COCOEVAL_BACKENDS}, got {backend!r}")
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(ann_file)
+        gt = COCO()  # filled from read_json, which reads a file that starts with a byte order mark as the trainer does
+        gt.dataset = read_json(ann_file, "annotation file")
+        gt.createIndex()
         if len(detections) == 0:
             return {name: 0.0 for name in STAT_NAMES}
         evaluator = COCOeval(gt, gt.loadRes(detections), iouType="bbox")

@@ -42,9 +42,12 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
 
 
 def read_json(path: str | Path, what: str = "JSON file"):
-    """The parsed JSON of `path`; a missing file or malformed JSON is an error naming the file (and `what` it is)."""
+    """The parsed JSON of `path`; a missing file or malformed JSON is an error naming the file (and `what` it is).
+
+    Read as UTF-8 (RFC 8259), whatever the locale, so non-ASCII names read alike everywhere; a leading byte order
+    mark, which Windows tools often write and Python's json refuses, is skipped (`utf-8-sig`)."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except FileNotFoundError:
         raise NotFound(f"{path}: {what} not found") from None

@@ -28,17 +28,27 @@ SPLITS = ("train", "val")
 MAX_FALLBACKS = 16  # consecutive unreadable images tolerated before the dataset is declared broken
 
 
+def image_dir(root: str | Path, split: str) -> Path:
+    """Where a split's images are: `root/<split>2017/`."""
+    return Path(root) / f"{split}2017"
+
+
+def instances_file(root: str | Path, split: str) -> Path:
+    """A split's instances JSON as COCO names it: `root/annotations/instances_<split>2017.json`."""
+    return Path(root) / "annotations" / f"instances_{split}2017.json"
+
+
 def annotation_file(root: Path, split: str) -> Path:
     """The annotation file for a split, preferring the bbox-only copy; a clear error when none exists."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    ann_dir = root / "annotations"
-    if not ann_dir.is_dir():
-        raise NotFound(f"{ann_dir}: annotations directory not found (is {root} a COCO-laid-out dataset?)")
-    for name in (f"bbox_only_instances_{split}2017.json", f"instances_{split}2017.json"):
-        if (ann_dir / name).is_file():
-            return ann_dir / name
-    raise NotFound(f"{ann_dir / f'instances_{split}2017.json'}: annotation file not found")
+    instances = instances_file(root, split)
+    if not instances.parent.is_dir():
+        raise NotFound(f"{instances.parent}: annotations directory not found (is {root} a COCO-laid-out dataset?)")
+    for path in (instances.with_name(f"bbox_only_{instances.name}"), instances):
+        if path.is_file():
+            return path
+    raise NotFound(f"{instances}: annotation file not found")
 
 
 def read_image_bytes(path: str | Path) -> tuple[torch.Tensor, int, int] | None:
@@ -71,7 +81,7 @@ class CocoDetection(torch.utils.data.Dataset):
         root = Path(root)
         if not root.is_dir():
             raise NotFound(f"{root}: dataset directory not found")
-        self.image_dir = root / f"{split}2017"
+        self.image_dir = image_dir(root, split)
         if not self.image_dir.is_dir():
             raise NotFound(f"{self.image_dir}: image directory not found")
         self.ann_file = annotation_file(root, split)

@@ -73,7 +73,8 @@ def check_result(data: dict, original: dict, result) -> None:
     assert stats.kept_boxes + stats.dropped_boxes == stats.annotations_in_json
     assert stats.kept_boxes == sum(len(r.labels) for r in records) == sum(stats.per_category.values())
     assert set(stats.malformed) <= ANNOTATION_REASONS and all(n > 0 for n in stats.malformed.values())
-    assert stats.kept_images == len(records) == stats.images_in_json - stats.images_without_boxes
+    assert stats.kept_images == len(records) == (stats.images_in_json - stats.images_without_boxes
+                                                 - stats.images_outside)
     assert 0 <= stats.clipped_boxes <= stats.kept_boxes and 0 <= stats.crowd_boxes <= stats.kept_boxes
     # Every annotation the mutations left alone (with its image and category intact) is kept, clipped, labelled.
     # Compared as JSON text, since 0 == 0.0 == False to Python but not to the parser.
