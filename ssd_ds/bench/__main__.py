@@ -7,8 +7,9 @@ import argparse
 from ssd_ds import bench
 from ssd_ds.bench import data, train
 from ssd_ds.bench import eval as evaluation
+from ssd_ds.bench.kernels import decode, encode, loss
 
-BENCHMARKS = {"data": data, "eval": evaluation, "train": train}
+BENCHMARKS = {"data": data, "eval": evaluation, "train": train, "loss": loss, "decode": decode, "encode": encode}
 
 
 def main(argv: list[str] | None = None):
