@@ -78,10 +78,12 @@ def run_alone(name: str, description: str, add_arguments: Callable, run: Callabl
     run(parser.parse_args(argv))
 
 
-def compiled(fn: Callable) -> Callable:
-    """The torch.compile provider: default inductor, dynamic batch so that one compile serves every size (a dry run
-    traces with the eager backend: the plumbing, not inductor's minutes of C++ builds on CPU)."""
-    return torch.compile(fn, dynamic=True, backend="eager" if DRY_RUN else "inductor")
+def providers(kernel: Callable, reference: Callable) -> dict[str, Callable]:
+    """The three providers each benchmark times: the Triton kernel, the torch reference eager, and the reference under
+    torch.compile: default inductor, dynamic batch so that one compile serves every size (a dry run traces with the
+    eager backend: the plumbing, not inductor's minutes of C++ builds on CPU)."""
+    compiled = torch.compile(reference, dynamic=True, backend="eager" if DRY_RUN else "inductor")
+    return {"triton": kernel, "torch": reference, "torch.compile": compiled}
 
 
 def measure(fn: Callable, rep: int, grad_to_none=None) -> tuple[float, float, float]:

@@ -34,8 +34,7 @@ def run(args: argparse.Namespace) -> None:
     from ssd_ds.postprocess import decode_scores as decode_scores_reference
     from triton_kernels.decode import decode_scores
 
-    scores_fns = {"triton": decode_scores, "torch": decode_scores_reference}
-    scores_fns["torch.compile"] = common.compiled(decode_scores_reference)
+    scores_fns = common.providers(decode_scores, decode_scores_reference)
     dboxes = default_boxes_cxcywh(mlperf().anchors).to(common.DEVICE)
     report = common.Report(args.out)
     for B in args.batches:

@@ -44,8 +44,7 @@ def run(args: argparse.Namespace) -> None:
     from ssd_ds.box_coder import encode_batch as encode_batch_reference
     from triton_kernels.encode import encode_batch
 
-    fns = {"triton": encode_batch, "torch": encode_batch_reference}
-    fns["torch.compile"] = common.compiled(encode_batch_reference)
+    fns = common.providers(encode_batch, encode_batch_reference)
     dboxes = default_boxes_ltrb(mlperf().anchors).to(common.DEVICE)
     report = common.Report(args.out)
     for B in args.batches:

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> None:
     from ssd_ds.loss import ssd_loss as ssd_loss_reference
     from triton_kernels.loss import ssd_loss
 
-    losses = {"triton": ssd_loss, "torch": ssd_loss_reference, "torch.compile": common.compiled(ssd_loss_reference)}
+    losses = common.providers(ssd_loss, ssd_loss_reference)
     report = common.Report(args.out)
     for B in args.batches:
         locs, logits = common.model_outputs(B, args.layout)
