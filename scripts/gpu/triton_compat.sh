@@ -13,7 +13,7 @@
 # is hidden, so that the tests take the interpreter path on any machine. Then, both always run:
 #   1. pytest -q tests/kernels (the interpreter tests, and compile_check for sm_90 and sm_80 in subprocesses, which
 #      keep the inherited PYTHONPATH and check that they compiled with this triton);
-#   2. python -m triton_kernels.compile_check --arch 90, for its table in the log.
+#   2. python scripts/gpu/compile_check.py --arch 90, for its table in the log.
 # Exits 1 if either fails or the triton imported is not $VERSION. About 2 minutes on 2 cores (+ ~5 s to install).
 #   PYTHON=.venv/bin/python   TRITON_COMPAT_VERSION=3.6.0   TRITON_COMPAT_DIR=.venv-triton36
 set -euo pipefail
@@ -42,6 +42,6 @@ sys.exit(triton.__version__ != '$VERSION')" || { echo "triton_compat: triton $VE
 
 status=0
 "$PY" -m pytest -q -p no:cacheprovider tests/kernels || status=1
-"$PY" -m triton_kernels.compile_check --arch 90 || status=1
+"$PY" scripts/gpu/compile_check.py --arch 90 || status=1
 [ "$status" = 0 ] && echo "triton_compat: triton $VERSION passes" || echo "triton_compat: triton $VERSION FAILS" >&2
 exit "$status"

@@ -13,22 +13,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["bench_loss", "bench_decode", "bench_encode"])
-def test_benchmark_refuses_without_a_gpu_or_in_the_interpreter(name):
+@pytest.mark.parametrize("op", ["loss", "decode", "encode"])
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "dispatched"])
+def test_benchmark_refuses_without_a_gpu_or_in_the_interpreter(op, alone):
     # With TRITON_INTERPRET=1 every machine must refuse: without a GPU for that reason, with one for the interpreter.
+    # Run alone (python -m ssd_ds.bench.kernels.loss) or through python -m ssd_ds.bench loss: the same refusal.
     path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # keep an inherited triton
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
+    command = [f"ssd_ds.bench.kernels.{op}"] if alone else ["ssd_ds.bench", op]
     run = subprocess.run(
-        [sys.executable, "-m", f"triton_kernels.benchmarks.{name}", "--batches", "1"],
+        [sys.executable, "-m", *command, "--batches", "1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert run.returncode == 2
-    assert run.stderr.startswith(f"{name}: ") and len(run.stderr.strip().splitlines()) == 1
+    assert run.stderr.startswith(f"bench_{op}: ") and len(run.stderr.strip().splitlines()) == 1
     assert "Traceback" not in run.stderr + run.stdout
 
 
 def test_report_adds_the_copy_baseline_for_the_same_bytes(tmp_path, monkeypatch):
-    from triton_kernels.benchmarks import common
+    from ssd_ds.bench.kernels import common
 
     calls = []
 
@@ -42,7 +45,7 @@ def test_report_adds_the_copy_baseline_for_the_same_bytes(tmp_path, monkeypatch)
     x = torch.zeros(4)
     report = common.Report(tmp_path / "bench.csv")
     report.time_providers({"triton": lambda: x.add_(1), "torch": lambda: x.add_(1)}, 1_000_001, rep=1,
-                          op="decode", mode="boxes", B=32)
+                          op="decode", mode="scores", B=32)
     # Rows are on disk as soon as they are measured (a run cut by its time limit keeps them), before write().
     assert len(list(csv.DictReader((tmp_path / "bench.csv").open()))) == 3
     report.write()

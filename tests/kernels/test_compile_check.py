@@ -1,7 +1,7 @@
 """Every kernel compiles for the GPUs we target, at the real sizes, without spilling registers; the check itself
 reports a spill, a compile error and an unreached kernel.
 
-The interpreter tests beside this file never compile a kernel. These run `triton_kernels.compile_check` in a
+The interpreter tests beside this file never compile a kernel. These run `scripts/gpu/compile_check.py` in a
 subprocess without TRITON_INTERPRET (this process has the kernels imported interpreted) and need no GPU: Triton
 compiles to a cubin with the ptxas it ships.
 """
@@ -17,6 +17,7 @@ import pytest
 import triton
 
 ROOT = Path(__file__).resolve().parents[2]
+COMPILE_CHECK = ROOT / "scripts" / "gpu" / "compile_check.py"
 KERNELS = {"_ce_kernel", "_mine_kernel", "_backward_kernel", "_decode_kernel", "_match_kernel",
            "_best_anchor_kernel", "_encode_kernel"}
 
@@ -35,7 +36,7 @@ def run(args, tmp_path, interpret=False):
 @pytest.mark.parametrize("arch", [90, 80], ids=["sm_90", "sm_80"])
 def test_every_kernel_compiles_at_the_real_sizes_without_spills(arch, tmp_path):
     out = tmp_path / "compile.csv"
-    result = run(["-m", "triton_kernels.compile_check", "--arch", str(arch), "--out", str(out)], tmp_path)
+    result = run([str(COMPILE_CHECK), "--arch", str(arch), "--out", str(out)], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = list(csv.DictReader(out.open()))
     assert {r["kernel"] for r in rows} == KERNELS
@@ -52,11 +53,14 @@ def test_every_kernel_compiles_at_the_real_sizes_without_spills(arch, tmp_path):
 def test_reports_spills_compile_errors_and_unreached_kernels(tmp_path):
     script = tmp_path / "toy.py"
     script.write_text(textwrap.dedent('''
+        import sys
+
         import torch
         import triton
         import triton.language as tl
 
-        from triton_kernels import compile_check
+        sys.path.insert(0, sys.argv[1])  # scripts/gpu: compile_check is a script, not a package's module
+        import compile_check
 
 
         @triton.jit
@@ -83,7 +87,7 @@ def test_reports_spills_compile_errors_and_unreached_kernels(tmp_path):
         for line in compile_check.problems(rows, {"_spill_kernel", "_bad_kernel", "_never_kernel"}):
             print(line)
     '''))
-    result = run([str(script)], tmp_path)
+    result = run([str(script), str(COMPILE_CHECK.parent)], tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3, lines
@@ -95,6 +99,6 @@ def test_reports_spills_compile_errors_and_unreached_kernels(tmp_path):
 
 @pytest.mark.slow
 def test_refuses_in_the_interpreter(tmp_path):
-    result = run(["-m", "triton_kernels.compile_check"], tmp_path, interpret=True)
+    result = run([str(COMPILE_CHECK)], tmp_path, interpret=True)
     assert result.returncode == 2
     assert result.stderr.startswith("compile_check: TRITON_INTERPRET=1") and "Traceback" not in result.stderr

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from ssd_ds.bench import compiled_graphs, fresh_compile_state
+from ssd_ds.bench.train import compiled_graphs, fresh_compile_state
 from ssd_ds.data.coco import CocoDetection
 from tests.helpers import REPO, env
 

@@ -9,8 +9,8 @@ ptxas Triton ships) exactly the specialisation, tile sizes and options a GPU run
 cuobjdump reads each cubin's registers per thread, stack (register spills) and local memory; with Triton's shared
 memory request they give the occupancy per SM.
 
-  python -m triton_kernels.compile_check                         # sm_90 (H100, H200): table on stdout
-  python -m triton_kernels.compile_check --arch 80 --out results/compile_sm80.csv
+  python scripts/gpu/compile_check.py                         # sm_90 (H100, H200): table on stdout
+  python scripts/gpu/compile_check.py --arch 80 --out results/compile_sm80.csv
 
 Exit status 1 when a kernel fails to compile, spills, needs more shared memory than a block may have, or is never
 reached by any launcher; 2 when it cannot run (TRITON_INTERPRET=1 makes the kernels interpreted, so there is
@@ -37,7 +37,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from ssd_ds.fileio import atomic_open
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from ssd_ds.fileio import atomic_open  # noqa: E402
 
 # Per-SM limits (CUDA C Programming Guide, "Technical Specifications per Compute Capability"): register file,
 # resident warps and blocks, shared memory per SM and the most one block may use. Each block also reserves 1 KB.
@@ -279,7 +281,7 @@ def _table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m triton_kernels.compile_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python scripts/gpu/compile_check.py", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, choices=sorted(ARCH_LIMITS), help="compute capability x10")
     parser.add_argument("--out", type=Path, help="also write the rows as CSV here")
     parser.add_argument("--only", default="", help="compile only the launches whose name contains this (e.g. encode)")

@@ -52,10 +52,9 @@ def require_gpu(name: str) -> None:
         sys.exit(2)
 
 
-def parse_args(name: str, description: str, layouts: bool = False, slots: bool = False) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=name, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(parser: argparse.ArgumentParser, name: str, layouts: bool = False, slots: bool = False) -> None:
+    """The flags every kernel benchmark takes (`--out` defaults to results/bench/NAME.csv), with `--layout` for the
+    ops that read the model's outputs and `--slots` for the encode."""
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     if layouts:
         parser.add_argument(
@@ -67,13 +66,24 @@ def parse_args(name: str, description: str, layouts: bool = False, slots: bool =
                             help="box slots G per image: the trainer's padding (max_boxes 128) and a batch maximum")
     parser.add_argument("--out", type=Path, default=Path("results/bench") / f"{name}.csv", help="CSV to write")
     parser.add_argument("--rep", type=int, default=100, help="ms of timed runs per measurement")
-    return parser.parse_args()
 
 
-def compiled(fn: Callable) -> Callable:
-    """The torch.compile provider: default inductor, dynamic batch so that one compile serves every size (a dry run
-    traces with the eager backend: the plumbing, not inductor's minutes of C++ builds on CPU)."""
-    return torch.compile(fn, dynamic=True, backend="eager" if DRY_RUN else "inductor")
+def run_alone(name: str, description: str, add_arguments: Callable, run: Callable,
+              argv: list[str] | None = None) -> None:
+    """One benchmark run as its own module (`python -m ssd_ds.bench.kernels.loss`), as the dispatcher runs it."""
+    parser = argparse.ArgumentParser(
+        prog=name, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+def providers(kernel: Callable, reference: Callable) -> dict[str, Callable]:
+    """The three providers each benchmark times: the Triton kernel, the torch reference eager, and the reference under
+    torch.compile: default inductor, dynamic batch so that one compile serves every size (a dry run traces with the
+    eager backend: the plumbing, not inductor's minutes of C++ builds on CPU)."""
+    compiled = torch.compile(reference, dynamic=True, backend="eager" if DRY_RUN else "inductor")
+    return {"triton": kernel, "torch": reference, "torch.compile": compiled}
 
 
 def measure(fn: Callable, rep: int, grad_to_none=None) -> tuple[float, float, float]:

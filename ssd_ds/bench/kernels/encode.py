@@ -7,20 +7,23 @@ batch's largest count rounded up as `ssd_ds.data.batch.box_slots` pads) with 1-G
 IoUs), so GB/s is low by nature; it is reported against the bytes the op must move: boxes, labels, counts and
 default boxes read, fp32 offsets and int64 labels written.
 
-    python -m triton_kernels.benchmarks.bench_encode [--batches 32 256] [--out results/bench/bench_encode.csv]
+    python -m ssd_ds.bench encode [--batches 32 256] [--out results/bench/bench_encode.csv]
 """
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from ssd_ds.anchors import default_boxes_ltrb
+from ssd_ds.bench.kernels import common
 from ssd_ds.model_config import mlperf
-from triton_kernels.benchmarks import common
 
 A = common.A_SSD300
 
-NAME = "bench_encode"
+NAME = "bench_encode"  # of the CSV and of the refusal line
+HELP = "Triton matching and encoding against the torch reference, eager and compiled (CUDA GPU)"
 
 
 def make_batch(B: int, G: int):
@@ -32,14 +35,16 @@ def make_batch(B: int, G: int):
     return gt_ltrb, gt_labels, num_gt
 
 
-def main() -> None:
-    args = common.parse_args(NAME, __doc__, slots=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_arguments(parser, NAME, slots=True)
+
+
+def run(args: argparse.Namespace) -> None:
     common.require_gpu(NAME)
     from ssd_ds.box_coder import encode_batch as encode_batch_reference
     from triton_kernels.encode import encode_batch
 
-    fns = {"triton": encode_batch, "torch": encode_batch_reference}
-    fns["torch.compile"] = common.compiled(encode_batch_reference)
+    fns = common.providers(encode_batch, encode_batch_reference)
     dboxes = default_boxes_ltrb(mlperf().anchors).to(common.DEVICE)
     report = common.Report(args.out)
     for B in args.batches:
@@ -54,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_alone(NAME, __doc__, add_arguments, run)

@@ -6,30 +6,35 @@ Inputs: bf16 locs and logits in the model's layout (transposed views; `--layout 
 SSD300 default boxes, C = 81.
 Bytes counted: locs, logits and default boxes read, fp32 boxes and scores written.
 
-    python -m triton_kernels.benchmarks.bench_decode [--batches 32 256] [--out results/bench/bench_decode.csv]
+    python -m ssd_ds.bench decode [--batches 32 256] [--out results/bench/bench_decode.csv]
 """
 
 from __future__ import annotations
 
+import argparse
+
 from ssd_ds.anchors import default_boxes_cxcywh
+from ssd_ds.bench.kernels import common
 from ssd_ds.model_config import mlperf
 from ssd_ds.postprocess import PostprocessConfig
-from triton_kernels.benchmarks import common
 
 A, C = common.A_SSD300, common.C_COCO
 
-NAME = "bench_decode"
+NAME = "bench_decode"  # of the CSV and of the refusal line
+HELP = "Triton box decoding against the torch reference, eager and compiled (CUDA GPU)"
 THRESHOLD = PostprocessConfig().score_threshold
 
 
-def main() -> None:
-    args = common.parse_args(NAME, __doc__, layouts=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_arguments(parser, NAME, layouts=True)
+
+
+def run(args: argparse.Namespace) -> None:
     common.require_gpu(NAME)
     from ssd_ds.postprocess import decode_scores as decode_scores_reference
     from triton_kernels.decode import decode_scores
 
-    scores_fns = {"triton": decode_scores, "torch": decode_scores_reference}
-    scores_fns["torch.compile"] = common.compiled(decode_scores_reference)
+    scores_fns = common.providers(decode_scores, decode_scores_reference)
     dboxes = default_boxes_cxcywh(mlperf().anchors).to(common.DEVICE)
     report = common.Report(args.out)
     for B in args.batches:
@@ -44,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_alone(NAME, __doc__, add_arguments, run)

@@ -7,18 +7,21 @@ for [B,A,4] / [B,A,C]), fp32 loc_t, int64 labels with 1-150 positives per image;
 Bytes counted: the forward reads logits, locs, loc_t and labels once; the backward reads them once more and writes
 the two gradients. fwd = L + P + T + Y, fwd+bwd = 3 (L + P) + 2 (T + Y).
 
-    python -m triton_kernels.benchmarks.bench_loss [--batches 32 256] [--out results/bench/bench_loss.csv]
+    python -m ssd_ds.bench loss [--batches 32 256] [--out results/bench/bench_loss.csv]
 """
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
-from triton_kernels.benchmarks import common
+from ssd_ds.bench.kernels import common
 
 A, C = common.A_SSD300, common.C_COCO
 
-NAME = "bench_loss"
+NAME = "bench_loss"  # of the CSV and of the refusal line
+HELP = "Triton SSD loss against the torch reference, eager and compiled (CUDA GPU)"
 
 
 def make_targets(B: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,13 +35,16 @@ def make_targets(B: int) -> tuple[torch.Tensor, torch.Tensor]:
     return loc_t, labels_t
 
 
-def main() -> None:
-    args = common.parse_args(NAME, __doc__, layouts=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_arguments(parser, NAME, layouts=True)
+
+
+def run(args: argparse.Namespace) -> None:
     common.require_gpu(NAME)
     from ssd_ds.loss import ssd_loss as ssd_loss_reference
     from triton_kernels.loss import ssd_loss
 
-    losses = {"triton": ssd_loss, "torch": ssd_loss_reference, "torch.compile": common.compiled(ssd_loss_reference)}
+    losses = common.providers(ssd_loss, ssd_loss_reference)
     report = common.Report(args.out)
     for B in args.batches:
         locs, logits = common.model_outputs(B, args.layout)
@@ -59,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_alone(NAME, __doc__, add_arguments, run)

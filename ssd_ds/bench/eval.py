@@ -1,0 +1,109 @@
+"""`python -m ssd_ds.bench eval [--images N] [--detections D] [--batch B]`: COCOeval (bbox) of the same generated
+detections by faster-coco-eval (the trainer's default) and by pycocotools (the reference), timed, with the ratio and
+whether all twelve numbers are identical; then the post-processing of SSD300-shaped outputs per image (the loop
+evaluation ran before) and batched (`select_detections`), with the ratio and whether the detections are identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssd_ds.anchors import default_boxes_cxcywh
+from ssd_ds.bench.device import sync
+from ssd_ds.coco_eval import COCOEVAL_BACKENDS, coco_eval
+from ssd_ds.fileio import atomic_write
+from ssd_ds.model_config import mlperf
+from ssd_ds.postprocess import decode_scores, detect_image, select_detections
+
+HELP = "COCOeval backends on the same detections (faster vs pycocotools)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=int, default=5000, help="generated validation images")
+    parser.add_argument("--detections", type=int, default=100, help="detections an image")
+    parser.add_argument("--batch", type=int, default=32, help="images per post-processing batch")
+    parser.add_argument("--batches", type=int, default=3, help="post-processing batches timed")
+
+
+def generated_eval_set(out_dir: Path, images: int, detections_per_image: int, seed: int = 0):
+    """A COCO ground-truth file of `images` images (1-12 boxes each, 80 categories; COCOeval needs no pixels) and
+    detections for it as the [N, 7] array: each ground-truth box found with jitter, the rest false positives."""
+    rng = np.random.default_rng(seed)
+    anns, dets = [], []
+    for image_id in range(1, images + 1):
+        n = int(rng.integers(1, 13))
+        xy, wh = rng.uniform(0, 500, (n, 2)), rng.uniform(8, 200, (n, 2))
+        cats = rng.integers(1, 81, n)
+        for box, cat in zip(np.hstack([xy, wh]), cats):
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": int(cat), "bbox": box.tolist(),
+                         "area": float(box[2] * box[3]), "iscrowd": 0})
+            dets.append([image_id, *(box + rng.normal(0, 0.1, 4) * box[[2, 3, 2, 3]]), rng.uniform(0.3, 1), cat])
+        for _ in range(detections_per_image - n):
+            box = np.concatenate([rng.uniform(0, 500, 2), rng.uniform(8, 200, 2)])
+            dets.append([image_id, *box, rng.uniform(0.05, 0.6), rng.integers(1, 81)])
+    gt = {"images": [{"id": i, "width": 640, "height": 640, "file_name": f"{i:012d}.jpg"}
+                     for i in range(1, images + 1)],
+          "annotations": anns, "categories": [{"id": c, "name": f"class{c}"} for c in range(1, 81)]}
+    ann_file = Path(out_dir) / "instances_bench.json"
+    atomic_write(ann_file, json.dumps(gt))
+    return str(ann_file), np.asarray(dets, dtype=np.float64)
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    """COCOeval of the same detections by each backend, timed in this process, AP compared; then the
+    post-processing, per image and batched."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ann_file, detections = generated_eval_set(Path(tmp), args.images, args.detections)
+        print(f"COCOeval (bbox) of {len(detections)} detections on {args.images} generated images "
+              f"({args.detections} an image), one process")
+        seconds, stats = {}, {}
+        for backend in COCOEVAL_BACKENDS:
+            start = time.perf_counter()
+            stats[backend] = coco_eval(ann_file, detections, backend)
+            seconds[backend] = time.perf_counter() - start
+            print(f"  {backend:12s} {seconds[backend]:8.2f} s   AP {stats[backend]['AP']:.6f}")
+    same = all(stats["faster"][k] == stats["pycocotools"][k] for k in stats["faster"])
+    print(f"  ratio pycocotools / faster: {seconds['pycocotools'] / seconds['faster']:.1f}x; "
+          f"all twelve numbers {'identical' if same else 'DIFFERENT'}")
+    seconds.update(time_postprocess(args.batch, args.batches))
+    return seconds
+
+
+def time_postprocess(batch: int, batches: int) -> dict[str, float]:
+    """Post-processing of SSD300-shaped outputs (8732 anchors, 81 classes, background dominant as in a trained model;
+    the candidates above the score threshold are counted and printed), per image (`detect_image` in a loop, the
+    reference) and batched (`select_detections`), on the device evaluation runs on; seconds per 1,000 images."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    generator = torch.Generator().manual_seed(0)
+    dboxes = default_boxes_cxcywh(mlperf().anchors).to(device)
+    A, C = len(dboxes), mlperf().num_classes
+    locs = (torch.randn(batch, A, 4, generator=generator) * 0.5).to(device)
+    logits = torch.randn(batch, A, C, generator=generator).to(device)
+    logits[:, :, 0] += 7.45  # background wins almost everywhere, as in a trained model: ~100 candidates an image
+    boxes, scores = decode_scores(locs, logits, dboxes)
+    ways = {"per image (loop)": lambda: [detect_image(b, sc) for b, sc in zip(boxes, scores)],
+            "batched": lambda: select_detections(boxes, scores).per_image()}
+    results = {}
+    print(f"post-processing, batch {batch} x {A} anchors x {C} classes, "
+          f"{int((scores[:, :, 1:] > 0.05).sum()) / batch:.0f} candidates an image, on {device}:")
+    for name, fn in ways.items():
+        fn()  # warm-up
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(batches):
+            out = fn()
+        sync(device)
+        results[name] = (time.perf_counter() - start) / (batches * batch) * 1000
+        print(f"  {name:18s} {results[name]:8.3f} s per 1,000 images")
+    same = all(torch.equal(a, b) for got, want in zip(out, ways["per image (loop)"]()) for a, b in zip(got, want))
+    print(f"  ratio per image / batched: {results['per image (loop)'] / results['batched']:.1f}x; "
+          f"{sum(len(scores) for _, scores, _ in out) / batch:.0f} detections an image, "
+          f"{'identical' if same else 'DIFFERENT'}")
+    return results
