@@ -7,6 +7,8 @@ the object's full extent, also where a later object partly covers it.
 
 Category ids are COCO-like and non-contiguous (SPEC section 5: ids 1..90 with gaps map to contiguous labels),
 so the label map of a loader is exercised on this data as it is on COCO.
+
+The hard variant (`shapes_hard.py`) draws with the helpers here: more classes, textured backgrounds, occlusion.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ from ssd_ds.errors import BadInput
 Box = tuple[int, int, int, int]  # (x, y, w, h) in pixels, the COCO bbox order
 
 
-def _regular_polygon(vertices: int, radius: float = 0.5) -> np.ndarray:
+def regular_polygon(vertices: int, radius: float = 0.5) -> np.ndarray:
     """[K,2] unit-square polygon of a circle of `radius` around (0.5, 0.5); vertex 0 at angle 0."""
     angles = np.arange(vertices) * (2 * np.pi / vertices)
     return 0.5 + radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
 
 
 # A plus sign whose arms are a third of the box wide.
-_CROSS = np.array(
+CROSS = np.array(
     [(1, 0), (2, 0), (2, 1), (3, 1), (3, 2), (2, 2), (2, 3), (1, 3), (1, 2), (0, 2), (0, 1), (1, 1)], dtype=float
 ) / 3
 
@@ -46,11 +48,11 @@ class ShapeClass:
 
 
 CLASSES: tuple[ShapeClass, ...] = (
-    ShapeClass(1, "red_circle", (220, 40, 40), _regular_polygon(48)),
+    ShapeClass(1, "red_circle", (220, 40, 40), regular_polygon(48)),
     ShapeClass(3, "green_square", (40, 200, 60), np.array([(0, 0), (1, 0), (1, 1), (0, 1)], dtype=float)),
     ShapeClass(7, "blue_triangle", (40, 70, 230), np.array([(0.5, 0), (1, 1), (0, 1)], dtype=float)),
-    ShapeClass(18, "yellow_ring", (230, 220, 40), _regular_polygon(48), _regular_polygon(48, 0.28)),
-    ShapeClass(44, "magenta_cross", (220, 50, 220), _CROSS),
+    ShapeClass(18, "yellow_ring", (230, 220, 40), regular_polygon(48), regular_polygon(48, 0.28)),
+    ShapeClass(44, "magenta_cross", (220, 50, 220), CROSS),
     ShapeClass(90, "cyan_diamond", (40, 210, 220), np.array([(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)], dtype=float)),
 )
 
@@ -89,7 +91,7 @@ class DrawnObject:
     segmentation: list | dict  # polygon list for an object, compressed RLE for a crowd
 
 
-def _image_size(rng: np.random.Generator, p: DrawParams) -> tuple[int, int]:
+def image_size(rng: np.random.Generator, p: DrawParams) -> tuple[int, int]:
     """(width, height) with both sides in [min_size, max_size] and aspect at most max_aspect."""
     w = int(rng.integers(p.min_size, p.max_size + 1))
     lo = max(p.min_size, int(np.ceil(w / p.max_aspect)))
@@ -116,7 +118,7 @@ def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     return image
 
 
-def _shape_mask(shape: ShapeClass, w: int, h: int) -> Image.Image:
+def shape_mask(shape: ShapeClass, w: int, h: int) -> Image.Image:
     """"L" mask [h, w] of the shape stretched over the whole patch (255 inside)."""
     mask = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(mask)
@@ -144,17 +146,23 @@ def _place(
     The aspect varies within 3:4..4:3 so that shapes are not all square; 30 tries, then the object is skipped.
     """
     for _ in range(30):
-        aspect = np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
-        w = int(min(img_w, max(4, round(side * np.sqrt(aspect)))))
-        h = int(min(img_h, max(4, round(side / np.sqrt(aspect)))))
+        w, h = box_size(rng, img_w, img_h, side)
         x = int(rng.integers(0, img_w - w + 1))
         y = int(rng.integers(0, img_h - h + 1))
-        if all(_covered(x, y, w, h, other) <= p.max_cover for other in placed):
+        if all(covered_fraction(x, y, w, h, other) <= p.max_cover for other in placed):
             return x, y, w, h
     return None
 
 
-def _covered(x: int, y: int, w: int, h: int, other: Box) -> float:
+def box_size(rng: np.random.Generator, img_w: int, img_h: int, side: float) -> tuple[int, int]:
+    """(w, h) of a box of about `side` pixels and aspect within 3:4..4:3, at least 4 px and at most the image."""
+    aspect = np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
+    w = int(min(img_w, max(4, round(side * np.sqrt(aspect)))))
+    h = int(min(img_h, max(4, round(side / np.sqrt(aspect)))))
+    return w, h
+
+
+def covered_fraction(x: int, y: int, w: int, h: int, other: Box) -> float:
     """Fraction of box `other` (x, y, w, h) that box (x, y, w, h) covers."""
     ox, oy, ow, oh = other
     iw = max(0, min(x + w, ox + ow) - max(x, ox))
@@ -162,16 +170,16 @@ def _covered(x: int, y: int, w: int, h: int, other: Box) -> float:
     return iw * ih / (ow * oh)
 
 
-def _jittered(rng: np.random.Generator, colour: tuple[int, int, int]) -> tuple[int, int, int]:
+def jittered(rng: np.random.Generator, colour: tuple[int, int, int]) -> tuple[int, int, int]:
     """The class colour moved by up to 20 levels per channel, so no class is one exact RGB value."""
     return tuple(int(c) for c in np.clip(np.array(colour) + rng.integers(-20, 21, size=3), 0, 255))
 
 
-def _draw_object(image: Image.Image, rng: np.random.Generator, shape: ShapeClass, box: Box) -> DrawnObject:
+def draw_object(image: Image.Image, rng: np.random.Generator, shape: ShapeClass, box: Box) -> DrawnObject:
     """Paint one object filling box; its annotation has the mask's exact extent and pixel area."""
     x, y, w, h = box
-    mask = _shape_mask(shape, w, h)
-    image.paste(_jittered(rng, shape.colour), (x, y, x + w, y + h), mask)
+    mask = shape_mask(shape, w, h)
+    image.paste(jittered(rng, shape.colour), (x, y, x + w, y + h), mask)
     left, top, right, bottom = mask.getbbox()
     return DrawnObject(
         category_id=shape.category_id,
@@ -182,15 +190,15 @@ def _draw_object(image: Image.Image, rng: np.random.Generator, shape: ShapeClass
     )
 
 
-def _draw_crowd(image: Image.Image, rng: np.random.Generator, shape: ShapeClass, box: Box) -> DrawnObject:
+def draw_crowd(image: Image.Image, rng: np.random.Generator, shape: ShapeClass, box: Box) -> DrawnObject:
     """A cluster of 4-7 small same-class shapes annotated as one iscrowd=1 region (as COCO marks a crowd)."""
     x, y, w, h = box
     cluster = Image.new("L", (w, h), 0)
     for _ in range(int(rng.integers(4, 8))):
         s = max(4, int(min(w, h) * rng.uniform(0.3, 0.5)))
         cx, cy = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
-        cluster.paste(255, (cx, cy, cx + s, cy + s), _shape_mask(shape, s, s))
-    image.paste(_jittered(rng, shape.colour), (x, y, x + w, y + h), cluster)
+        cluster.paste(255, (cx, cy, cx + s, cy + s), shape_mask(shape, s, s))
+    image.paste(jittered(rng, shape.colour), (x, y, x + w, y + h), cluster)
     left, top, right, bottom = cluster.getbbox()
     full = np.zeros((image.height, image.width), dtype=np.uint8)
     full[y : y + h, x : x + w] = np.asarray(cluster) > 0
@@ -210,7 +218,7 @@ def draw_image(rng: np.random.Generator, p: DrawParams, kind: str) -> tuple[Imag
     kind: "objects"; "crowd" (one crowd region at the back, then ordinary objects); or "empty" (background only:
     an image that COCO lists without annotations). Noise is added last, over objects and background alike.
     """
-    w, h = _image_size(rng, p)
+    w, h = image_size(rng, p)
     image = _background(rng, w, h)
     objects: list[DrawnObject] = []
     if kind != "empty":
@@ -224,7 +232,13 @@ def draw_image(rng: np.random.Generator, p: DrawParams, kind: str) -> tuple[Imag
             if box is None:
                 continue
             placed.append(box)
-            objects.append((_draw_crowd if crowd else _draw_object)(image, rng, shape, box))
-    noise = rng.standard_normal((h, w, 3), dtype=np.float32) * np.float32(p.noise_std)  # float32: 3x faster
+            objects.append((draw_crowd if crowd else draw_object)(image, rng, shape, box))
+    return add_noise(rng, image, p.noise_std), objects
+
+
+def add_noise(rng: np.random.Generator, image: Image.Image, std: float) -> Image.Image:
+    """The image plus per-pixel Gaussian noise of `std` 8-bit levels, clipped to 0..255."""
+    # float32: 3x faster than float64
+    noise = rng.standard_normal((image.height, image.width, 3), dtype=np.float32) * np.float32(std)
     pixels = np.asarray(image, dtype=np.float32) + noise
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), objects
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))

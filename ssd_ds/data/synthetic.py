@@ -1,11 +1,12 @@
 """A synthetic dataset laid out exactly like COCO 2017, for tests, the CPU demo and runs without the download.
 
 `python -m ssd_ds.data.synthetic OUT_DIR [--train N] [--val N] [--seed S] [--min-size PX] [--max-size PX]
-[--workers W]`
+[--workers W] [--hard [--classes K]]`
 
 Writes `train2017/*.jpg`, `val2017/*.jpg` and `annotations/instances_{train,val}2017.json` in the standard COCO
 instances format, so the loaders, `bbox_only` and COCOeval run on it unchanged (SPEC section 5). Images are drawn
-by `shapes.draw_image`; this module plans the splits, writes the files and keeps them trustworthy:
+by `shapes.draw_image`, or with `--hard` by `shapes_hard.draw_hard_image` (K confusable classes, 2-85% object sizes,
+occlusion, textured backgrounds); this module plans the splits, writes the files and keeps them trustworthy:
 
 - Deterministic: each image draws from its own generator keyed by (seed, split, index), so the JSON and JPEG
   bytes depend on the seed only, not on the number of worker processes or their scheduling.
@@ -13,6 +14,8 @@ by `shapes.draw_image`; this module plans the splits, writes the files and keeps
   about 2% of annotations are crowd regions (iscrowd=1, RLE segmentation).
 - Atomic: the dataset is written into a hidden sibling directory and renamed into place after its manifest
   (`synthetic.json`) is written, so a killed run never leaves a directory that looks complete.
+- Identified: the manifest holds every parameter (the hard variant's adds `"variant": "hard"` and its class count),
+  so a directory made with other settings is refused, never taken for the one asked for.
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from ssd_ds.data.shapes import CLASSES, DrawnObject, DrawParams, draw_image
+from ssd_ds.data import shapes_hard
+from ssd_ds.data.shapes import CLASSES, DrawnObject, DrawParams, ShapeClass, draw_image
+from ssd_ds.data.shapes_hard import HardParams
 from ssd_ds.errors import AlreadyExists, BadInput
 from ssd_ds.fileio import atomic_write, read_json
 
@@ -52,15 +58,33 @@ class SynthConfig:
     num_train: int = 2000  # images in train2017
     num_val: int = 300  # images in val2017
     seed: int = 0  # the only source of randomness
-    draw: DrawParams = field(default_factory=DrawParams)  # image sizes, object sizes, noise, JPEG quality
+    draw: DrawParams = field(default_factory=DrawParams)  # image and object sizes, noise, JPEG; HardParams: hard
 
     def __post_init__(self) -> None:
         if self.num_train < 1 or self.num_val < 1:
             raise BadInput(f"need at least one image per split, got train={self.num_train}, val={self.num_val}")
 
     def to_json(self) -> dict:
-        """The manifest: these fields plus the format version of the drawing code."""
-        return {"format_version": FORMAT_VERSION, **asdict(self)}
+        """The manifest: these fields plus the format version of the drawing code, and the variant unless default
+        (so a default manifest reads as before the hard variant existed, and its directories are still reused)."""
+        variant = _variant(self.draw)
+        extra = {} if variant.name == "default" else {"variant": variant.name}
+        return {"format_version": FORMAT_VERSION, **extra, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class _Variant:
+    """What the drawing parameters' type selects: a name for the manifest, the classes, the drawing function."""
+
+    name: str
+    classes: tuple[ShapeClass, ...]
+    draw_image: Callable  # (rng, params, kind) -> (PIL image, [DrawnObject])
+
+
+def _variant(draw: DrawParams) -> _Variant:
+    if isinstance(draw, HardParams):
+        return _Variant("hard", shapes_hard.hard_classes(draw.classes), shapes_hard.draw_hard_image)
+    return _Variant("default", CLASSES, draw_image)
 
 
 @dataclass(frozen=True)
@@ -92,12 +116,14 @@ def _plan_kinds(seed: int, split_code: int, n: int) -> list[str]:
 def _render(task: _ImageTask) -> tuple[int, int, list[DrawnObject]]:
     """Draw one image, write its JPEG; -> (width, height, objects). Runs in a worker process."""
     rng = np.random.default_rng(np.random.SeedSequence(task.seed, spawn_key=(1, task.split_code, task.index)))
-    image, objects = draw_image(rng, task.draw, task.kind)
+    image, objects = _variant(task.draw).draw_image(rng, task.draw, task.kind)
     image.save(task.path, format="JPEG", quality=task.draw.jpeg_quality)
     return image.width, image.height, objects
 
 
-def _coco_json(split: str, drawn: list[tuple[int, int, list[DrawnObject]]], id_offset: int) -> dict:
+def _coco_json(
+    split: str, drawn: list[tuple[int, int, list[DrawnObject]]], id_offset: int, draw: DrawParams
+) -> dict:
     """The COCO instances document for one split, in image order (ids are 1-based, as in COCO)."""
     images, annotations = [], []
     for index, (width, height, objects) in enumerate(drawn):
@@ -115,12 +141,14 @@ def _coco_json(split: str, drawn: list[tuple[int, int, list[DrawnObject]]], id_o
                     "segmentation": obj.segmentation,
                 }
             )
+    variant = _variant(draw)
+    title = "ssd_ds synthetic shapes" if variant.name == "default" else f"ssd_ds synthetic shapes ({variant.name})"
     return {
-        "info": {"description": f"ssd_ds synthetic shapes, {split}", "version": str(FORMAT_VERSION)},
+        "info": {"description": f"{title}, {split}", "version": str(FORMAT_VERSION)},
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": c.category_id, "name": c.name, "supercategory": "shape"} for c in CLASSES],
+        "categories": [{"id": c.category_id, "name": c.name, "supercategory": "shape"} for c in variant.classes],
     }
 
 
@@ -137,7 +165,7 @@ def _write_split(root: Path, split_code: int, n: int, cfg: SynthConfig, pool: Pr
         for i, kind in enumerate(_plan_kinds(cfg.seed, split_code, n))
     ]
     drawn = list(pool.map(_render, tasks, chunksize=16) if pool is not None else map(_render, tasks))
-    doc = _coco_json(split, drawn, id_offset)
+    doc = _coco_json(split, drawn, id_offset, cfg.draw)
     atomic_write(root / "annotations" / f"instances_{split}.json", json.dumps(doc, separators=(",", ":")))
 
 
@@ -171,8 +199,12 @@ def read_manifest(out_dir: str | Path) -> dict:
     return read_json(Path(out_dir) / MANIFEST, "synthetic data set manifest")
 
 
-def _config(num_train: int, num_val: int, seed: int, min_size: int, max_size: int) -> SynthConfig:
-    return SynthConfig(num_train, num_val, seed, DrawParams(min_size=min_size, max_size=max_size))
+def _config(
+    num_train: int, num_val: int, seed: int, min_size: int, max_size: int, hard_classes: int | None
+) -> SynthConfig:
+    if hard_classes is None:
+        return SynthConfig(num_train, num_val, seed, DrawParams(min_size=min_size, max_size=max_size))
+    return SynthConfig(num_train, num_val, seed, HardParams(min_size=min_size, max_size=max_size, classes=hard_classes))
 
 
 def _default_workers() -> int:
@@ -190,13 +222,15 @@ def generate(
     min_size: int = 160,
     max_size: int = 480,
     workers: int | None = None,
+    hard_classes: int | None = None,
 ) -> Path:
     """Write a new synthetic COCO-2017-style dataset at out_dir and return its path.
 
     out_dir must not exist or be empty (FileExistsError otherwise). The dataset appears there only when complete.
     workers: processes drawing images (default: the usable CPUs, at most 8); the output does not depend on it.
+    hard_classes: None for the default six-class set, K for the hard variant with K classes (shapes_hard.py).
     """
-    cfg = _config(num_train, num_val, seed, min_size, max_size)
+    cfg = _config(num_train, num_val, seed, min_size, max_size, hard_classes)
     root = Path(out_dir)
     if root.exists() and any(root.iterdir()):
         raise AlreadyExists(f"{root} exists and is not empty; remove it or choose another directory")
@@ -225,17 +259,19 @@ def ensure_synthetic(
     min_size: int = 160,
     max_size: int = 480,
     workers: int | None = None,
+    hard_classes: int | None = None,
 ) -> Path:
     """The synthetic dataset at out_dir, generated first if absent; safe to call from several processes.
 
     An existing complete dataset made with other parameters raises ValueError, and a non-empty directory that is
     not a complete dataset raises FileExistsError: neither is deleted, since it may be someone's data.
     """
-    wanted = _config(num_train, num_val, seed, min_size, max_size).to_json()
+    wanted = _config(num_train, num_val, seed, min_size, max_size, hard_classes).to_json()
     root = Path(out_dir)
     if not is_complete(root):
         try:
-            return generate(root, num_train, num_val, seed, min_size=min_size, max_size=max_size, workers=workers)
+            return generate(root, num_train, num_val, seed, min_size=min_size, max_size=max_size, workers=workers,
+                            hard_classes=hard_classes)
         except FileExistsError:
             if not is_complete(root):  # not a concurrent writer that won the race: a foreign or broken directory
                 raise AlreadyExists(
@@ -257,15 +293,22 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--min-size", type=int, default=160, help="shortest image side, pixels")
     parser.add_argument("--max-size", type=int, default=480, help="longest image side, pixels")
     parser.add_argument("--workers", type=int, default=None, help="drawing processes (default: usable CPUs, <= 8)")
+    parser.add_argument("--hard", action="store_true", help="the hard variant (shapes_hard.py) instead of the default")
+    parser.add_argument("--classes", type=int, default=None, help=f"classes of the hard variant, "
+                        f"{shapes_hard.MIN_CLASSES}..{shapes_hard.MAX_CLASSES} (default {HardParams.classes})")
     args = parser.parse_args(argv)
+    if args.classes is not None and not args.hard:
+        parser.error("--classes needs --hard: the default variant has its six classes")
+    hard = (HardParams.classes if args.classes is None else args.classes) if args.hard else None
     start = time.perf_counter()
     existed = is_complete(args.out_dir)
     root = ensure_synthetic(
         args.out_dir, args.train, args.val, args.seed,
-        min_size=args.min_size, max_size=args.max_size, workers=args.workers,
+        min_size=args.min_size, max_size=args.max_size, workers=args.workers, hard_classes=hard,
     )
     verb = "already present" if existed else f"written in {time.perf_counter() - start:.1f} s"
-    print(f"synthetic COCO ({args.train} train, {args.val} val, seed {args.seed}) at {root}: {verb}")
+    variant = "" if hard is None else f", hard variant with {hard} classes"
+    print(f"synthetic COCO ({args.train} train, {args.val} val, seed {args.seed}{variant}) at {root}: {verb}")
     return root
 
 
