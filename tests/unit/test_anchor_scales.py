@@ -90,3 +90,13 @@ def test_a_file_with_bad_scales_or_an_unknown_format_names_the_file(tmp_path):
     path = _saved(tmp_path, "future.pt", None, format=3)
     with pytest.raises(BadInput, match=r"future.pt: not an ssd_ds model checkpoint this version reads \(format 3"):
         load_inference(path)
+
+
+def test_a_run_resumes_only_on_the_boxes_it_was_trained_with(tmp_path):
+    from ssd_ds.train import check_same_default_boxes
+
+    check_same_default_boxes({"anchor_scales": list(FITTED)}, config_from_args(
+        ["--anchor_scales", ",".join(map(str, FITTED))]), tmp_path)
+    check_same_default_boxes({}, config_from_args([]), tmp_path)  # a checkpoint from before the field: the preset's
+    with pytest.raises(BadInput, match=r"ckpt: trained with --anchor_scales 17.9,38.7.*, this run gives none"):
+        check_same_default_boxes({"anchor_scales": FITTED}, config_from_args([]), tmp_path / "ckpt")
