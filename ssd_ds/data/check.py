@@ -186,18 +186,21 @@ def describe_split(check: SplitCheck, input_size: int) -> list[str]:
                  + ", ".join(f"{name} {count} ({100 * count / n:.1f}%)" for name, count in zip(SIZE_NAMES, sizes)))
     per_class = torch.bincount(check.labels, minlength=len(check.class_names)).tolist()
     order = sorted(range(1, len(per_class)), key=lambda k: -per_class[k])
-    lines.append("  boxes per class: " + "; ".join(f"{check.class_names[k]} {per_class[k]}" for k in order))
+    lines += textwrap.wrap("boxes per class: " + "; ".join(f"{check.class_names[k]} {per_class[k]}" for k in order),
+                           width=116, initial_indent="  ", subsequent_indent="    ")
     return lines
 
 
 def describe_coverage(check: SplitCheck, coverage: Coverage) -> list[str]:
     """The report's lines for one split under one set of default boxes."""
-    lines = [f"  coverage ({coverage.label}: {scales_flag(coverage.scales)} px): {_pct(coverage.overall)} of "
-             f"{len(check.labels)} boxes have a default box with IoU > 0.5; "
-             + ", ".join(f"{name} {_pct(s)}" for name, s in zip(SIZE_NAMES, coverage.per_size.tolist()))]
+    counts = torch.bincount(check.size_bucket, minlength=len(SIZE_NAMES)).tolist()
+    lines = [f"  coverage by {coverage.label} ({scales_flag(coverage.scales)} px): {_pct(coverage.overall)} of "
+             f"{len(check.labels)} boxes have a default box with IoU > 0.5",
+             "    by COCO size: " + ", ".join(f"{name} {_pct(share)} ({n})" for name, share, n in
+                                           zip(SIZE_NAMES, coverage.per_size.tolist(), counts))]
     per_class = coverage.per_class.tolist()
     order = sorted((k for k in range(1, len(per_class)) if per_class[k] == per_class[k]), key=lambda k: per_class[k])
-    lines += textwrap.wrap("per class, least covered first: " + "; ".join(
+    lines += textwrap.wrap("by class, least covered first: " + "; ".join(
         f"{check.class_names[k]} {_pct(per_class[k])}" for k in order), width=116, initial_indent="    ",
         subsequent_indent="      ")
     return lines

@@ -114,14 +114,14 @@ def draw_report(path: Path, checks: list[SplitCheck], before: list[Coverage], af
         (c.name, (100 * np.bincount(c.labels.numpy(), minlength=classes + 1)[1:] / len(c.labels)).tolist(),
          {"color": SPLIT_COLOURS.get(c.name, "grey")}) for c in checks if c.class_names == first.class_names],
         horizontal=True)
-    ax.invert_yaxis()
+    ax.set_ylim(len(names) - 0.5, -0.5)  # first class on top, no empty margin
     ax.set(title="boxes per class", xlabel="% of the split's boxes")
 
     ax = fig.add_subplot(grid[2, 1])
     _grouped_bars(ax, names, _coverage_series(checks[:1], [c[:1] for c in coverages],
                                               lambda cov: cov.per_class[1:].tolist()), horizontal=True,
                   values_shown=True)
-    ax.invert_yaxis()
+    ax.set_ylim(len(names) - 0.5, -0.5)  # first class on top, no empty margin
     ax.set(title=f"coverage per class ({first.name}): % of the class's boxes", xlim=(0, 112))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
