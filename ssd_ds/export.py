@@ -93,7 +93,8 @@ def build_detector(model: torch.nn.Module, meta: dict, onnx_nms: bool) -> Detect
 def export(detector: Detector, fmt: str, output: Path, example: torch.Tensor, meta: dict) -> None:
     """Write `detector` to `output` (atomically) in `fmt`, batch size dynamic, with `meta` (JSON) embedded."""
     batch = torch.export.Dim("batch", min=1, max=4096)
-    info = json.dumps({k: meta[k] for k in ("model", "input_size", "class_names", "label_to_category")})
+    info = json.dumps({k: meta.get(k) for k in ("model", "input_size", "anchor_scales", "class_names",
+                                                "label_to_category")})
     output.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         if fmt == "onnx":

@@ -17,18 +17,26 @@ from ssd_ds.data.transforms import normalize_images
 from ssd_ds.device_ops import build_device_ops
 from ssd_ds.errors import BadInput, NotFound
 from ssd_ds.model import build_model
-from ssd_ds.model_config import build_model_config
+from ssd_ds.model_config import ModelConfig, build_model_config
 from ssd_ds.postprocess import Detections, decode_scores, postprocess, to_coco_results
 
 INFERENCE_FILE = "model.pt"  # what inference needs, readable without DeepSpeed: torch.load(weights_only=True)
+# Format 2 added `anchor_scales` (fitted default boxes). A format 1 file has the preset's boxes; a reader of format 1
+# only refuses a format 2 file rather than decode it with default boxes other than those the model was trained on.
+INFERENCE_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 
 
 def inference_state(model: torch.nn.Module, model_name: str, input_size: int, class_names: list[str],
-                    label_to_category: dict[int, int], autocast: torch.dtype | None) -> dict:
+                    label_to_category: dict[int, int], autocast: torch.dtype | None,
+                    anchor_scales: tuple[float, ...] | None = None) -> dict:
     """Everything `ssd_ds.predict`, `ssd_ds.evaluate` and `ssd_ds.export` need, as plain data and CPU tensors: the
-    model preset and input size, class names (index = label, 0 = background), the label -> COCO category id map,
-    the evaluation precision, and the weights."""
-    return {"format": 1, "model": model_name, "input_size": input_size, "class_names": list(class_names),
+    model preset and input size, its default-box scales when they are not the preset's (--anchor_scales), class
+    names (index = label, 0 = background), the label -> COCO category id map, the evaluation precision, and the
+    weights."""
+    return {"format": INFERENCE_FORMAT, "model": model_name, "input_size": input_size,
+            "anchor_scales": [float(s) for s in anchor_scales] if anchor_scales else None,
+            "class_names": list(class_names),
             "label_to_category": {int(k): int(v) for k, v in label_to_category.items()},
             "autocast": None if autocast is None else str(autocast).removeprefix("torch."),
             "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}}
@@ -52,6 +60,13 @@ def find_inference_file(path: str | Path) -> Path:
                    f"directory with checkpoints/latest)")
 
 
+def model_config_of(meta: dict) -> ModelConfig:
+    """The model configuration an inference state was trained with: its preset, classes and default boxes (a file
+    without `anchor_scales`, format 1, has the preset's)."""
+    return build_model_config(meta["model"], num_classes=len(meta["class_names"]),
+                              anchor_scales=tuple(meta.get("anchor_scales") or ()))
+
+
 def load_inference(path: str | Path, device: torch.device | str = "cpu"):
     """(the model in eval mode on `device`, the inference state without its weights) from `find_inference_file`."""
     file = find_inference_file(path)
@@ -59,9 +74,13 @@ def load_inference(path: str | Path, device: torch.device | str = "cpu"):
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file: all mean the same to the user
         raise BadInput(f"{file}: cannot be read as an ssd_ds model checkpoint ({exc})") from None
-    if not isinstance(state, dict) or state.get("format") != 1:
-        raise BadInput(f"{file}: not an ssd_ds model checkpoint (no format 1 header)")
-    model_cfg = build_model_config(state["model"], num_classes=len(state["class_names"]))
+    if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
+        raise BadInput(f"{file}: not an ssd_ds model checkpoint this version reads (format "
+                       f"{state.get('format') if isinstance(state, dict) else None!r}, not one of {READABLE_FORMATS})")
+    try:
+        model_cfg = model_config_of(state)
+    except BadInput as exc:
+        raise BadInput(f"{file}: {exc}") from None
     if model_cfg.input_size != state["input_size"]:
         raise BadInput(f"{file}: model {state['model']!r} takes {model_cfg.input_size}px inputs, the checkpoint "
                        f"says {state['input_size']}")
@@ -101,10 +120,9 @@ def detect_batch(model, images: torch.Tensor, coder: BoxCoder, device: torch.dev
 
 def inference_ops(meta: dict, device: torch.device):
     """(the ops a checkpoint's model is evaluated with on `device`, its autocast dtype), as the trainer chooses them
-    (`build_device_ops`: default boxes on the device, the Triton or torch decode) from `load_inference`'s
-    meta."""
-    ops = build_device_ops(build_model_config(meta["model"], num_classes=len(meta["class_names"])), device,
-                           encode_on_device="off")
+    (`build_device_ops`: the checkpoint's default boxes on the device, the Triton or torch decode) from
+    `load_inference`'s meta."""
+    ops = build_device_ops(model_config_of(meta), device, encode_on_device="off")
     return ops, getattr(torch, meta["autocast"]) if meta["autocast"] else None
 
 

@@ -3,12 +3,15 @@
 `mlperf()` is the exact MLPerf v0.7 SSD300-ResNet34 (SPEC sections 1-2). `cpu_small()` is a model of the same
 family (ResNet basic-block trunk with a stride-1 layer3, conv extra blocks, per-level loc/conf heads) that is
 narrow and takes 128x128 inputs, so that it trains to a useful mAP on two CPU cores in minutes.
-Default boxes of every preset other than `mlperf` are derived from the model's own feature-map sizes.
+Default boxes of every preset other than `mlperf` are derived from the model's own feature-map sizes; their scales
+can be replaced by ones fitted to a data set (`build_model_config(anchor_scales=...)`, the trainer's --anchor_scales;
+`python -m ssd_ds.data.check --fit` proposes them). The `mlperf` preset's 8732 boxes are the benchmark's and stay so.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from ssd_ds.anchors import AnchorConfig
 from ssd_ds.errors import BadInput
@@ -132,8 +135,24 @@ def cpu_small(num_classes: int = 81) -> ModelConfig:
 MODEL_PRESETS = {"mlperf": mlperf, "cpu_small": cpu_small}
 
 
-def build_model_config(name: str, num_classes: int = 81) -> ModelConfig:
-    """A preset by name, for a data set of `num_classes` classes (background included)."""
+def build_model_config(name: str, num_classes: int = 81, anchor_scales: tuple[float, ...] | None = None) -> ModelConfig:
+    """A preset by name, for a data set of `num_classes` classes (background included).
+
+    `anchor_scales` (pixels of the input, one more than the feature levels) replaces the preset's default-box scales;
+    None or empty keeps them. The boxes per location, so the heads' shapes, do not change. The `mlperf` preset
+    refuses them: its default boxes are the benchmark's (SPEC section 2)."""
     if name not in MODEL_PRESETS:
         raise BadInput(f"unknown model preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
-    return MODEL_PRESETS[name](num_classes=num_classes)
+    cfg = MODEL_PRESETS[name](num_classes=num_classes)
+    if not anchor_scales:
+        return cfg
+    if name == "mlperf":
+        raise BadInput(f"--anchor_scales: the mlperf model keeps the benchmark's {cfg.anchors.num_anchors} default "
+                       "boxes (SPEC section 2); fitted scales are for the other presets")
+    levels = len(cfg.anchors.feat_sizes)
+    if len(anchor_scales) != levels + 1:
+        raise BadInput(f"--anchor_scales: model {name} has {levels} feature levels, so it takes {levels + 1} scales "
+                       f"(pixels of its {cfg.input_size}px input), got {len(anchor_scales)}")
+    if not all(math.isfinite(s) and s > 0 for s in anchor_scales):
+        raise BadInput(f"--anchor_scales: scales are positive pixel sizes, got {tuple(anchor_scales)}")
+    return replace(cfg, anchors=replace(cfg.anchors, scales=tuple(float(s) for s in anchor_scales)))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ssd_ds.errors import BadInput
 from ssd_ds.fileio import atomic_write, read_json
+from ssd_ds.model_config import build_model_config
 from ssd_ds.schedule import EvalSchedule
 
 
@@ -37,6 +38,9 @@ class RunConfig:
 
     preset: str = flag("demo", "name of the preset these values started from")
     model: str = flag("cpu_small", "model preset: mlperf (SSD300, ResNet-34) or cpu_small (ssd_ds.model_config)")
+    anchor_scales: tuple[float, ...] | None = flag(
+        None, "default-box scales in pixels of the input, one more than the model's levels, replacing the preset's "
+              "(python -m ssd_ds.data.check --fit proposes them; not for mlperf); none: the preset's")
     backbone_weights: str | None = flag(None, 'torchvision resnet34 file, "imagenet" (hub cache) or None (random init)')
     data: str = flag("data/synthetic", "COCO-laid-out dataset directory")
     synthetic: bool = flag(True, "generate the synthetic data set at `data` when it is absent")
@@ -263,3 +267,5 @@ def validate(cfg: RunConfig) -> None:
         raise BadInput("--eval_only needs --resume auto|PATH: a checkpoint to evaluate")
     if list(cfg.decay_epochs) != sorted(cfg.decay_epochs):
         raise BadInput(f"--decay_epochs must be increasing, got {cfg.decay_epochs}")
+    if cfg.anchor_scales:  # the model preset judges them (count, sign, not for mlperf), before anything starts
+        build_model_config(cfg.model, anchor_scales=cfg.anchor_scales)

@@ -44,7 +44,7 @@ from ssd_ds.mlperf_log import open_run_log
 from ssd_ds.model import build_model
 from ssd_ds.model_config import build_model_config
 from ssd_ds.rng import set_rng_state
-from ssd_ds.run_config import config_from_args
+from ssd_ds.run_config import RunConfig, config_from_args
 from ssd_ds.run_dir import open_run_dir
 from ssd_ds.schedule import base_lr, lr_factor
 from ssd_ds.speedups import build_training_setup, input_on_device, training_setup_options
@@ -61,6 +61,16 @@ def check_dataset_box_counts(dataset: CocoDetection, max_boxes: int) -> None:
         n = len(most.labels)
         raise BadInput(f"{dataset.ann_file}: image {most.image_id} has {n} boxes, more than --max_boxes {max_boxes} "
                        f"(boxes per image encoded on the device); pass --max_boxes {n} or more (at most 256)")
+
+
+def check_same_default_boxes(saved: dict, cfg: RunConfig, checkpoint_dir: Path) -> None:
+    """A run resumes on the default boxes it was trained with: others would silently change what the weights'
+    offsets mean (the model's shapes stay the same, so nothing else would notice)."""
+    saved_scales, scales = tuple(saved.get("anchor_scales") or ()), tuple(cfg.anchor_scales or ())
+    if saved_scales != scales:
+        show = lambda s: ",".join(map(str, s)) or "none (the preset's)"  # noqa: E731
+        raise BadInput(f"{checkpoint_dir}: trained with --anchor_scales {show(saved_scales)}, this run gives "
+                       f"{show(scales)}; resume with the run's own (--config <run_dir>/config.json)")
 
 
 def main(argv: list[str] | None = None) -> RunState:
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> RunState:
     val_set = CocoDetection(cfg.data, "val", skip_to_next=False)
     if encode_on_device:
         check_dataset_box_counts(train_set, cfg.max_boxes)
-    model_cfg = build_model_config(cfg.model, num_classes=train_set.num_classes)
+    model_cfg = build_model_config(cfg.model, num_classes=train_set.num_classes, anchor_scales=cfg.anchor_scales)
     if decode_on_device:
         train_set.transform = CompressedTrainTransform(CROP_MAX_SAMPLES, cfg.max_boxes)
     else:
@@ -133,6 +143,7 @@ def main(argv: list[str] | None = None) -> RunState:
     state = RunState()
     if resume_from is not None:
         client = checkpoint.load(built.deepspeed, resume_from)
+        check_same_default_boxes(client["config"], cfg, resume_from[0] / resume_from[1])
         state = RunState(**client["run_state"])
         set_rng_state(client["rng"])
         log.info("resumed from %s/%s at epoch %d, iteration %d", *resume_from, state.epoch, state.iteration)
@@ -174,7 +185,7 @@ def main(argv: list[str] | None = None) -> RunState:
         data = TrainData(train_loader, sampler, plan, iters_per_epoch, device, preparation, cfg.data,
                          cfg.loader_timeout)
         ckpt_dir = run_dir / "checkpoints"
-        inference_meta = dict(model_name=cfg.model, input_size=model_cfg.input_size,
+        inference_meta = dict(model_name=cfg.model, input_size=model_cfg.input_size, anchor_scales=cfg.anchor_scales,
                               class_names=val_set.class_names, label_to_category=val_set.label_to_category,
                               autocast=engine_cfg.autocast_dtype)
         checkpoints = Checkpoints(built.deepspeed, ckpt_dir, cfg.keep_checkpoints, sampler, dataclasses.asdict(cfg),

@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
         torch.cuda.set_device(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model_cfg = build_model_config(cfg.model, num_classes=num_classes)
+    model_cfg = build_model_config(cfg.model, num_classes=num_classes, anchor_scales=cfg.anchor_scales)
     flops = train_flops_per_image(model_cfg)
     peak = args.peak_tflops or bf16_peak_tflops(device)
     plan = engine_cfg.plan
