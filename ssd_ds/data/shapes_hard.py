@@ -261,6 +261,18 @@ def _place(
     return None
 
 
+def _visible_class(rng: np.random.Generator, classes: tuple[ShapeClass, ...], box: Box, placed: list[Box],
+                   colours: list[tuple[int, int, int]]) -> ShapeClass:
+    """A class for an object at `box` whose colour differs from every earlier object's that its box overlaps: an
+    object painted over one of its own colour would be invisible (a red L on a red circle), an annotation no model
+    could learn. Occlusion stays: the earlier objects may be partly covered, only not by their own colour."""
+    x, y, bw, bh = box
+    hidden = {colour for (ox, oy, ow, oh), colour in zip(placed, colours)
+              if x < ox + ow and ox < x + bw and y < oy + oh and oy < y + bh}
+    candidates = [c for c in classes if c.colour not in hidden] or list(classes)
+    return candidates[int(rng.integers(len(candidates)))]
+
+
 def draw_hard_image(rng: np.random.Generator, p: HardParams, kind: str) -> tuple[Image.Image, list[DrawnObject]]:
     """One RGB image of the hard variant and its objects; `kind` as for `shapes.draw_image` (a crowd region goes at
     the back, then the objects largest first, so a smaller one may partly cover a larger one)."""
@@ -271,18 +283,22 @@ def draw_hard_image(rng: np.random.Generator, p: HardParams, kind: str) -> tuple
     if kind != "empty":
         short = min(w, h)
         placed: list[Box] = []
+        colours: list[tuple[int, int, int]] = []  # of the placed boxes, in order
         if kind == "crowd":
             box = _place(rng, w, h, short * rng.uniform(0.35, 0.6), placed, p)
             if box is not None:
+                shape = classes[int(rng.integers(len(classes)))]
                 placed.append(box)
-                objects.append(draw_crowd(image, rng, classes[int(rng.integers(len(classes)))], box))
+                colours.append(shape.colour)
+                objects.append(draw_crowd(image, rng, shape, box))
         n = int(rng.integers(p.min_objects, p.max_objects + 1))
         sides = short * np.exp(rng.uniform(np.log(p.min_object), np.log(p.max_object), size=n))
         for side in np.sort(sides)[::-1]:
-            shape = classes[int(rng.integers(len(classes)))]
             box = _place(rng, w, h, float(side), placed, p)
             if box is None:
                 continue
+            shape = _visible_class(rng, classes, box, placed, colours)
             placed.append(box)
+            colours.append(shape.colour)
             objects.append(draw_object(image, rng, shape, box))
     return add_noise(rng, image, p.noise_std), objects

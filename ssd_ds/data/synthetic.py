@@ -43,6 +43,7 @@ from ssd_ds.fileio import atomic_write, read_json
 
 MANIFEST = "synthetic.json"
 FORMAT_VERSION = 1  # bump when the drawing changes, so an old directory is not taken for a new one
+HARD_VERSION = 2  # the same for the hard variant's drawing alone (2: no object over one of its own colour)
 SPLITS = ("train2017", "val2017")
 VAL_ID_OFFSET = 1_000_000  # image and annotation ids are unique across both splits, as in COCO
 EMPTY_FRACTION = 0.03  # images listed without annotations
@@ -68,7 +69,7 @@ class SynthConfig:
         """The manifest: these fields plus the format version of the drawing code, and the variant unless default
         (so a default manifest reads as before the hard variant existed, and its directories are still reused)."""
         variant = _variant(self.draw)
-        extra = {} if variant.name == "default" else {"variant": variant.name}
+        extra = {} if variant.name == "default" else {"variant": variant.name, "variant_version": HARD_VERSION}
         return {"format_version": FORMAT_VERSION, **extra, **asdict(self)}
 
 
