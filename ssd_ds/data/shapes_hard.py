@@ -7,7 +7,7 @@ What makes it hard, and how:
   and its shape with the other (red_circle, blue_circle, blue_star, green_star, ...), so neither cue alone names a
   class. `hard_classes(K)` is the first K links; K = 16 uses 8 shapes and 8 colours.
 - Sizes: an object's side is log-uniform in [min_object, max_object] of the image's shorter side (2% to 85% by
-  default, a quarter of objects under 5%), 2-12 objects an image, drawn largest first.
+  default, a quarter of objects under 5%), 2-6 objects an image, drawn largest first.
 - Occlusion: with probability `overlap` an object is placed over an earlier one so that it covers 30-60% of that
   object's box (no earlier box is covered by more than `max_cover`); the box recorded is still the full extent of
   the object, as in `shapes.py`.
@@ -148,12 +148,12 @@ class HardParams(DrawParams):
 
     min_object: float = 0.02  # object side as a fraction of the image's shorter side, log-uniform ...
     max_object: float = 0.85  # ... up to this
-    max_objects: int = 12  # objects per non-empty image are uniform in min_objects..max_objects
+    max_objects: int = 6  # objects per non-empty image are uniform in min_objects..max_objects
     max_cover: float = 0.6  # a new object may cover at most this fraction of an earlier object's box
     classes: int = 16  # K: the first K classes of the chain
     min_objects: int = 2  # fewest objects in a non-empty image (before any that find no place)
-    overlap: float = 0.5  # probability that an object is placed to cover 30-60% of an earlier one
-    max_distractors: int = 6  # unannotated shapes on the background, uniform in 0..max_distractors
+    overlap: float = 0.35  # probability that an object is placed to cover 30-60% of an earlier one
+    max_distractors: int = 2  # unannotated shapes on the background, uniform in 0..max_distractors
 
     def __post_init__(self) -> None:
         super().__post_init__()

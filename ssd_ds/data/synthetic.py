@@ -43,7 +43,8 @@ from ssd_ds.fileio import atomic_write, read_json
 
 MANIFEST = "synthetic.json"
 FORMAT_VERSION = 1  # bump when the drawing changes, so an old directory is not taken for a new one
-HARD_VERSION = 2  # the same for the hard variant's drawing alone (2: no object over one of its own colour)
+HARD_VERSION = 3  # the same for the hard variant's drawing alone (2: no object over one of its own colour; 3: 2-6
+# objects an image, not 2-12, 0-2 distractors, not 0-6, and overlap 0.35, not 0.5: see docs/data.md)
 SPLITS = ("train2017", "val2017")
 VAL_ID_OFFSET = 1_000_000  # image and annotation ids are unique across both splits, as in COCO
 EMPTY_FRACTION = 0.03  # images listed without annotations
