@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from ssd_ds.anchor_fit import Fit, scales_flag
-from ssd_ds.data.check import SIZE_NAMES, Coverage, SplitCheck, boxes_per_image_counts
+from ssd_ds.data.split_stats import SIZE_NAMES, Coverage, SplitCheck, boxes_per_image_counts
 from ssd_ds.model_config import ModelConfig
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange"}

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ssd_ds.data.check import SplitCheck, longest_cyclic_run, main, measure_coverage, problems
+from ssd_ds.data.check import main, problems
+from ssd_ds.data.split_stats import SplitCheck, longest_cyclic_run, measure_coverage
 from ssd_ds.errors import BadInput, NotFound
 from ssd_ds.model_config import build_model_config
 from tests.helpers import REPO, env
