@@ -189,20 +189,17 @@ class TrainLog:
             self.metrics.log("train", record, record["iteration"])
 
 
+@dataclass
 class Checkpoints:
     """Saves the run (ssd_ds.checkpoint: atomic, collective) with the client state and, on rank 0, the inference file
     beside DeepSpeed's (ssd_ds.inference.inference_state: what predict, evaluate and export load)."""
 
-    def __init__(self, engine, ckpt_dir: Path, keep: int, sampler: TrainSampler, config: dict,
-                 inference_meta: dict | None):
-        """`config`: the resolved run config as a dict; `inference_meta`: rank 0's `inference_state` arguments other
-        than the model (None on other ranks)."""
-        self.engine = engine
-        self.ckpt_dir = ckpt_dir
-        self.keep = keep
-        self.sampler = sampler
-        self.config = config
-        self.inference_meta = inference_meta
+    engine: object  # the DeepSpeed engine
+    ckpt_dir: Path
+    keep: int
+    sampler: TrainSampler
+    config: dict  # the resolved run config as a dict
+    inference_meta: dict | None  # rank 0's `inference_state` arguments other than the model; None on other ranks
 
     def client_state(self, state: RunState) -> dict:
         """What a checkpoint saves beside DeepSpeed's module, optimizer and scheduler: host data only (plain numbers
@@ -219,38 +216,33 @@ class Checkpoints:
         checkpoint.save(self.engine, self.ckpt_dir, tag, self.client_state(state), self.keep, write_beside)
 
 
+@dataclass
 class Evaluation:
     """The evaluations during training (SPEC section 6): sharded inference on every rank, COCOeval of the gathered
     detections in a background process on rank 0, results picked up while training goes on. Reaching the target is
     broadcast, so that all ranks stop together."""
 
-    def __init__(self, setup: TrainingSetup, loader: torch.utils.data.DataLoader, val_set: CocoDetection,
-                 device: torch.device, autocast_dtype: torch.dtype | None, rank: int,
-                 evaluator: BackgroundEvaluator | None, metrics: MetricsLogger, mlperf: MLPerfLogger,
-                 target_map: float, pad_to: int | None = None, images_to_draw: int = 0):
-        """`evaluator`: rank 0's; `pad_to`: every batch at that size (a compiled model: the size the warm-up compiled
-        it for); `images_to_draw`: validation images with their detections for TensorBoard (rank 0)."""
-        self.setup = setup
-        self.loader = loader
-        self.val_set = val_set
-        self.device = device
-        self.autocast_dtype = autocast_dtype
-        self.rank = rank
-        self.evaluator = evaluator
-        self.metrics = metrics
-        self.mlperf = mlperf
-        self.target_map = target_map
-        self.pad_to = pad_to
-        self.images_to_draw = images_to_draw if rank == 0 else 0
-        self.submitted_at: dict[int, int] = {}  # epoch -> iteration at which its evaluation was submitted
+    setup: TrainingSetup
+    loader: torch.utils.data.DataLoader
+    val_set: CocoDetection
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    rank: int
+    evaluator: BackgroundEvaluator | None  # rank 0's
+    metrics: MetricsLogger
+    mlperf: MLPerfLogger
+    target_map: float
+    pad_to: int | None = None  # every batch at that size (a compiled model: the size the warm-up compiled it for)
+    images_to_draw: int = 0  # validation images with their detections for TensorBoard (rank 0 draws them)
+    submitted_at: dict[int, int] = field(default_factory=dict)  # epoch -> iteration its evaluation was submitted at
 
     def run(self, epoch: int, iteration: int) -> None:
         """Inference over this rank's shard now; rank 0 submits the gathered detections to COCOeval."""
         self.mlperf.eval_start(epoch)
-        setup = self.setup
+        setup, to_draw = self.setup, self.images_to_draw if self.rank == 0 else 0
         detections, seen, skipped, examples = infer_detections(
             setup.eval_model, self.loader, setup.ops.coder, self.val_set.label_to_category, self.device,
-            self.autocast_dtype, self.images_to_draw, setup.ops.decode_scores, setup.memory_format, self.pad_to)
+            self.autocast_dtype, to_draw, setup.ops.decode_scores, setup.memory_format, self.pad_to)
         if skipped:
             log.warning("evaluation at epoch %d skipped %d unreadable images on rank %d", epoch, skipped, self.rank)
         gathered = gather_to_rank0((detections, seen, skipped))
