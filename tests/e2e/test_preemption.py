@@ -159,11 +159,18 @@ def test_a_signal_to_rank_1_alone_stops_both_ranks_at_the_same_iteration(synthet
                                                    final_weights(straight)[1].values()))
 
 
+def distance(a, b):
+    """The L2 distance between two modules' parameters (BatchNorm's running statistics left out)."""
+    return sum(float(((a[k].double() - b[k].double()) ** 2).sum()) for k in a if "running_" not in k
+               and a[k].is_floating_point()) ** 0.5
+
+
 def test_resume_on_another_world_size_keeps_the_global_batch_or_is_refused(synthetic_dataset, tmp_path):
-    """2 ranks -> 1 with the accumulation doubled: the global batch and the epoch stay, the run goes on (losses close
-    to the uninterrupted run's, not equal: BatchNorm sees other micro-batches). 1 rank -> 2 with the same DeepSpeed
-    JSON would double the global batch: refused, naming both world sizes and what to pass; with the micro-batch
-    halved it goes on."""
+    """2 ranks -> 1 with the accumulation doubled: the global batch and the epoch stay, the run goes on and ends near
+    the uninterrupted run's weights (not on them: BatchNorm normalises other micro-batches of the same samples;
+    the logged loss, one micro-batch's on rank 0, is not comparable either). With the same DeepSpeed JSON the global
+    batch would halve: refused, naming both world sizes and what to pass. 1 rank -> 2 likewise, with the micro-batch
+    halved."""
     two_ranks = batch_config(tmp_path, 4, 1)  # global batch 8 on 2 ranks
     one_rank = batch_config(tmp_path, 4, 2)  # global batch 8 on 1 rank
     straight = tmp_path / "straight"
@@ -175,6 +182,7 @@ def test_resume_on_another_world_size_keeps_the_global_batch_or_is_refused(synth
     out = deepspeed([*train_args(synthetic_dataset, shrunk, *TWO), "--deepspeed_config", two_ranks],
                     SIGNAL_AT="step:3")
     assert out.returncode == PREEMPTED_EXIT, out.stdout[-3000:] + out.stderr[-3000:]
+    at_stop = final_weights(shrunk)[1]
     refused = run_train([*train_args(synthetic_dataset, shrunk, *TWO), "--deepspeed_config", two_ranks, "--resume",
                          "auto"], check=False)
     assert refused.returncode == 2
@@ -187,7 +195,13 @@ def test_resume_on_another_world_size_keeps_the_global_batch_or_is_refused(synth
     got, want = losses(shrunk), losses(straight)
     assert sorted(got) == sorted(want) == list(range(1, 11))
     assert all(got[i] == want[i] for i in range(1, 5))  # before the stop: the same run
-    assert all(abs(got[i] - want[i]) < 0.05 * want[i] for i in range(5, 11)), (got, want)
+    end, want_end = final_weights(shrunk), final_weights(straight)
+    assert end[0] == want_end[0] == "epoch002_iter0000010"
+    # The six iterations after the stop moved the parameters; the resumed run ends well within that of the
+    # uninterrupted run's end (0.28 of it when measured: micro-batches of 4 make BatchNorm's statistics noisy).
+    # That the same samples make each global batch is shown exactly by tests/unit/test_preemption.py.
+    moved, gap = distance(want_end[1], at_stop), distance(end[1], want_end[1])
+    assert 0 < gap < 0.5 * moved, (gap, moved)
 
     grown = tmp_path / "grown"
     proc = signalled([*train_args(synthetic_dataset, grown, *TWO), "--deepspeed_config", one_rank], SIGNAL_AT="step:5")
@@ -195,8 +209,9 @@ def test_resume_on_another_world_size_keeps_the_global_batch_or_is_refused(synth
     out = deepspeed([*train_args(synthetic_dataset, grown, *TWO), "--deepspeed_config", batch_config(tmp_path, 8, 1),
                      "--resume", "auto"], harness=False)
     assert out.returncode == 2 and "saved on world size 1 at global batch 8" in out.stdout + out.stderr
-    assert "gradient_accumulation_steps" in out.stdout + out.stderr
+    assert "train_micro_batch_size_per_gpu 4 and gradient_accumulation_steps 1" in out.stdout + out.stderr
     out = deepspeed([*train_args(synthetic_dataset, grown, *TWO), "--deepspeed_config", two_ranks, "--resume", "auto"],
                     harness=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "resuming a run saved on world size 1 on 2" in out.stdout + out.stderr
     assert sorted(losses(grown)) == list(range(1, 11))
