@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import multiprocessing as mp
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +59,11 @@ def coco_eval(ann_file: str, detections: np.ndarray, backend: str = "faster") ->
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-def _eval_worker(ann_file: str, det_file: str, result_file: str, backend: str) -> None:
-    """Body of the background process: COCOeval of a detections file, result written atomically."""
+def _eval_worker(ann_file: str, det_file: str, result_file: str, backend: str, ignore: tuple[int, ...] = ()) -> None:
+    """Body of the background process: COCOeval of a detections file, result written atomically. The signals
+    `ignore` (the trainer's stop signals) are the trainer's to act on."""
+    for number in ignore:
+        signal.signal(number, signal.SIG_IGN)
     stats = coco_eval(ann_file, np.load(det_file), backend)
     atomic_write(result_file, json.dumps(stats))
 
@@ -74,9 +78,11 @@ class PendingEval:
 class BackgroundEvaluator:
     """One spawned COCOeval process per evaluation; `poll()` returns finished (epoch, stats or None on failure)."""
 
-    def __init__(self, ann_file: str | Path, out_dir: Path, backend: str = "faster"):
+    def __init__(self, ann_file: str | Path, out_dir: Path, backend: str = "faster",
+                 ignore_signals: tuple[int, ...] = ()):
         self.ann_file = str(ann_file)
         self.backend = backend
+        self.ignore_signals = tuple(ignore_signals)  # left to the trainer (ssd_ds.preemption)
         self.out_dir = out_dir
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.pending: list[PendingEval] = []
@@ -89,7 +95,8 @@ class BackgroundEvaluator:
         result_file = self.out_dir / f"epoch_{epoch}.json"
         result_file.unlink(missing_ok=True)
         process = self._ctx.Process(
-            target=_eval_worker, args=(self.ann_file, str(det_file), str(result_file), self.backend), daemon=True,
+            target=_eval_worker, args=(self.ann_file, str(det_file), str(result_file), self.backend,
+                                       self.ignore_signals), daemon=True,
             name=f"coco-eval-epoch-{epoch}",
         )
         process.start()

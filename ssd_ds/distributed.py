@@ -99,13 +99,16 @@ def broadcast_from_rank0(obj):
     return holder[0]
 
 
-def flag_from_rank0(flag: bool, device: torch.device) -> bool:
-    """Rank 0's `flag` on every rank, as a tensor collective (cheap enough to make every few steps)."""
+def agree(rank0_flag: bool, any_flag: bool, device: torch.device) -> tuple[bool, bool]:
+    """(rank 0's `rank0_flag`, whether any rank's `any_flag` is set), the same on every rank, from one all-reduce
+    (max) of two numbers: cheap enough to make every few steps (BENCHMARKS.md). The loop's sync point: rank 0's
+    "target reached" and every rank's "asked to stop" (ssd_ds.preemption)."""
     if _world() == 1:
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())
+        return rank0_flag, any_flag
+    value = torch.tensor([float(rank0_flag and dist.get_rank() == 0), float(any_flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    first, second = value.tolist()
+    return first > 0, second > 0
 
 
 def gather_to_rank0(local):

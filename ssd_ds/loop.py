@@ -3,8 +3,9 @@
 Each function is given what it uses. What several of them share is a small object with one job: `TrainData` (the
 sampler, the loader and how batches reach the device), `TrainLog` (rank 0's per-step records), `Checkpoints` (where
 and how a checkpoint is saved), `Evaluation` (the evaluations during training, COCOeval in the background) and
-`StopAt` (the one stop condition). `ssd_ds.train` builds them in dependency order and calls `train` or
-`evaluate_only`; where the run is lives in `RunState`, which every checkpoint saves.
+`StopAt` (the stop conditions: the schedule's end, the target, a stop signal the ranks agreed on). `ssd_ds.train`
+builds them in dependency order and calls `train` or `evaluate_only`; where the run is lives in `RunState`, which
+every checkpoint saves.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from ssd_ds.data.coco import CocoDetection
 from ssd_ds.data.device_input import DecodeCounts
 from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler, loader_failure
 from ssd_ds.data.transforms import normalize_images
-from ssd_ds.distributed import flag_from_rank0, gather_to_rank0, parameter_checksums, verify_replicas
+from ssd_ds.distributed import agree, gather_to_rank0, parameter_checksums, verify_replicas
 from ssd_ds.ds_config import BatchPlan
 from ssd_ds.inference import infer_detections, inference_state, save_inference
 from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import MLPerfLogger
+from ssd_ds.preemption import StopSignals
 from ssd_ds.rng import rng_state
 from ssd_ds.schedule import EvalSchedule
 from ssd_ds.speedups import TrainingSetup
@@ -50,18 +52,40 @@ class RunState:
     best_map: float = 0.0
     success: bool = False
     evals: dict = field(default_factory=dict)  # epoch -> stats
+    # rank 0's evaluations submitted to COCOeval and not picked up yet: epoch -> iteration submitted at. A resumed run
+    # submits them again from their saved detections (Evaluation.resubmit), so that a stop loses none.
+    evals_pending: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class StopAt:
-    """The one stop condition: the target reached (`RunState.success`), the schedule's epochs done, or the iteration
-    limit (the schedule's, or --max_iters) reached."""
+    """The stop conditions: the run is over (`finished`: the target reached, `RunState.success`, the schedule's epochs
+    done, or the iteration limit, the schedule's or --max_iters, reached), or the ranks agreed to stop on a signal
+    (`preempted`: ssd_ds.preemption; the run saves where it is and a resumed run goes on)."""
 
     epochs: int
     iterations: int
+    signals: StopSignals | None = None  # the run's stop signals (None: none handled)
 
     def __call__(self, state: RunState) -> bool:
+        return self.finished(state) or self.preempted
+
+    def finished(self, state: RunState) -> bool:
         return state.success or state.epoch >= self.epochs or state.iteration >= self.iterations
+
+    @property
+    def requested(self) -> bool:
+        """A stop signal reached this rank (the ranks have not agreed yet)."""
+        return self.signals is not None and self.signals.received is not None
+
+    @property
+    def preempted(self) -> bool:
+        return self.signals is not None and self.signals.agreed
+
+    def agree(self, stop: bool) -> None:
+        """The outcome of the sync point's agreement (Evaluation.poll): every rank stops at this iteration."""
+        if stop and self.signals is not None:
+            self.signals.agreed = True
 
 
 def train_step(engine, batch: Batch, memory_format: torch.memory_format, encode=None):
@@ -200,20 +224,27 @@ class Checkpoints:
     sampler: TrainSampler
     config: dict  # the resolved run config as a dict
     inference_meta: dict | None  # rank 0's `inference_state` arguments other than the model; None on other ranks
+    batch: dict = field(default_factory=dict)  # the batch plan and epoch length (ssd_ds.train.check_resume_batch)
+    saved: str | None = None  # the tag of the last checkpoint this process saved
 
     def client_state(self, state: RunState) -> dict:
         """What a checkpoint saves beside DeepSpeed's module, optimizer and scheduler: host data only (plain numbers
         and CPU RNG states), so that a checkpoint of a GPU run reads anywhere."""
         return {"run_state": asdict(state), "rng": rng_state(), "sampler": self.sampler.state_dict(),
-                "config": self.config}
+                "config": self.config, "batch": self.batch}
+
+    @staticmethod
+    def tag(state: RunState) -> str:
+        return f"epoch{state.epoch:03d}_iter{state.iteration:07d}"
 
     def save(self, state: RunState) -> None:
-        tag = f"epoch{state.epoch:03d}_iter{state.iteration:07d}"
+        tag = self.tag(state)
         write_beside = None
         if self.inference_meta is not None:
             inference = inference_state(self.engine.module.model, **self.inference_meta)
             write_beside = lambda directory: save_inference(inference, directory)  # noqa: E731
         checkpoint.save(self.engine, self.ckpt_dir, tag, self.client_state(state), self.keep, write_beside)
+        self.saved = tag
 
 
 @dataclass
@@ -234,10 +265,11 @@ class Evaluation:
     target_map: float
     pad_to: int | None = None  # every batch at that size (a compiled model: the size the warm-up compiled it for)
     images_to_draw: int = 0  # validation images with their detections for TensorBoard (rank 0 draws them)
-    submitted_at: dict[int, int] = field(default_factory=dict)  # epoch -> iteration its evaluation was submitted at
 
-    def run(self, epoch: int, iteration: int) -> None:
-        """Inference over this rank's shard now; rank 0 submits the gathered detections to COCOeval."""
+    def run(self, state: RunState) -> None:
+        """Inference over this rank's shard now (after epoch `state.epoch`); rank 0 submits the gathered detections
+        to COCOeval and notes the evaluation as pending in `state`."""
+        epoch = state.epoch
         self.mlperf.eval_start(epoch)
         setup, to_draw = self.setup, self.images_to_draw if self.rank == 0 else 0
         detections, seen, skipped, examples = infer_detections(
@@ -250,7 +282,7 @@ class Evaluation:
             return
         self.check_coverage(epoch, [g[1] for g in gathered], sum(g[2] for g in gathered))
         self.evaluator.submit(epoch, np.concatenate([g[0] for g in gathered]))
-        self.submitted_at[epoch] = iteration
+        state.evals_pending[epoch] = state.iteration
         names = self.val_set.class_names
         for i, (image, boxes, scores, labels) in enumerate(examples):
             keep = scores > 0.3
@@ -268,19 +300,37 @@ class Evaluation:
         if len(seen) != len(set(seen)) or len(seen) + skipped != len(self.val_set):
             raise RuntimeError(f"evaluation of epoch {epoch} did not cover the validation set exactly once: {record}")
 
-    def poll(self, state: RunState, results: list | None = None) -> None:
-        """Rank 0 picks up finished evaluations (or the given `results`); the target reached is broadcast."""
+    def resubmit(self, state: RunState) -> None:
+        """A resumed run: rank 0 submits again the evaluations its checkpoint left pending, from the detections the
+        first submission saved (`<run_dir>/eval/epoch_<e>.npy`); their results are picked up as usual."""
+        if self.rank != 0:
+            state.evals_pending.clear()  # rank 0's record, saved in the checkpoint: the other ranks keep none
+            return
+        for epoch in sorted(state.evals_pending):
+            saved = self.evaluator.out_dir / f"epoch_{epoch}.npy"
+            if not saved.is_file():
+                log.warning("the evaluation of epoch %d was pending at the checkpoint but %s is gone: not evaluated",
+                            epoch, saved)
+                del state.evals_pending[epoch]
+                continue
+            self.evaluator.submit(epoch, np.load(saved))
+            log.info("evaluation of epoch %d (pending at the checkpoint) submitted again", epoch)
+
+    def poll(self, state: RunState, results: list | None = None, stop_requested: bool = False) -> bool:
+        """Rank 0 picks up finished evaluations (or the given `results`); then one collective (the loop's sync point)
+        gives every rank rank 0's "target reached" and whether any rank was asked to stop (returned)."""
         if self.rank == 0:
             for epoch, stats in (self.evaluator.poll() if results is None else results):
                 self.record(state, epoch, stats)
-        state.success = flag_from_rank0(state.success, self.device)
+        state.success, stop = agree(state.success, stop_requested, self.device)
+        return stop
 
     def finish(self, state: RunState) -> None:
         """At the end of the schedule: wait for evaluations still running, they may reach the target."""
         self.poll(state, self.evaluator.wait() if self.rank == 0 else [])
 
     def record(self, state: RunState, epoch: int, stats: dict | None) -> None:
-        self.metrics.log("eval", {"eval_epoch": epoch, "submitted_at": self.submitted_at.pop(epoch, None),
+        self.metrics.log("eval", {"eval_epoch": epoch, "submitted_at": state.evals_pending.pop(epoch, None),
                                   "picked_up_at": state.iteration, "stats": stats}, epoch)
         if stats is None:
             self.metrics.text("eval/failure", f"evaluation of epoch {epoch} failed; training goes on", epoch)
@@ -298,11 +348,12 @@ class Evaluation:
 
 
 def train(state: RunState, stop: StopAt, train_epoch: Callable[[], None], data: TrainData, evaluation: Evaluation,
-          setup: TrainingSetup, metrics: MetricsLogger, mlperf: MLPerfLogger) -> RunState:
+          setup: TrainingSetup, metrics: MetricsLogger, mlperf: MLPerfLogger, checkpoints: Checkpoints) -> bool:
     """`train_epoch()` (a `train_one_epoch` with its arguments bound) until `stop`; then wait for evaluations still
-    running, check that the replicas agree, and log run_stop."""
+    running, check that the replicas agree, and log run_stop. Stopped on a signal before the run was over, it ends
+    the MLPerf segment with the checkpoint it saved instead, and returns True: preempted, resume me."""
     mlperf.run_start()
-    success = False
+    success = preempted = False
     try:
         while not stop(state):
             try:
@@ -312,20 +363,24 @@ def train(state: RunState, stop: StopAt, train_epoch: Callable[[], None], data: 
                 if failure is None:
                     raise
                 raise failure from exc
-        if not state.success:
+        preempted = stop.preempted and not stop.finished(state)
+        if not state.success and not preempted:
             evaluation.finish(state)
         checksums = parameter_checksums(setup.deepspeed.module, data.device)
         metrics.log("replicas", {"param_checksums": checksums}, state.iteration)
         verify_replicas(checksums)
         success = state.success
     finally:
-        mlperf.run_stop(success)
-    return state
+        if preempted:
+            mlperf.preempted(stop.signals.name, checkpoints.ckpt_dir / checkpoints.saved, state.epoch, state.iteration)
+        else:
+            mlperf.run_stop(success)
+    return preempted
 
 
 def evaluate_only(state: RunState, evaluation: Evaluation) -> RunState:
     """Evaluate the loaded checkpoint once, wait for COCOeval, and end (no training, no MLPerf run)."""
-    evaluation.run(state.epoch, state.iteration)
+    evaluation.run(state)
     evaluation.finish(state)
     return state
 
@@ -334,8 +389,9 @@ def train_one_epoch(state: RunState, setup: TrainingSetup, data: TrainData, sche
                     train_log: TrainLog, evaluation: Evaluation, checkpoints: Checkpoints, mlperf: MLPerfLogger,
                     log_every: int, checkpoint_every: int = 0) -> None:
     """The rest of the current epoch (all of it unless resumed mid-epoch); at its end the evaluation the schedule
-    asks for and a checkpoint. Every `log_every` steps the losses are logged and finished evaluations picked up;
-    every `checkpoint_every` steps (0: never) a checkpoint. Returns early when the run should stop."""
+    asks for and a checkpoint. Every `log_every` steps the losses are logged, finished evaluations picked up and the
+    ranks agree on whether to stop (the target reached; a stop signal, after which this iteration is saved); every
+    `checkpoint_every` steps (0: never) a checkpoint. Returns early when the run should stop."""
     epoch = state.epoch + 1  # 1-based epoch being trained
     if state.iter_in_epoch == 0:
         mlperf.epoch_start(epoch, schedule.block_length(epoch) if schedule.block_starts(epoch) else None)
@@ -355,19 +411,25 @@ def train_one_epoch(state: RunState, setup: TrainingSetup, data: TrainData, sche
             train_log.write(state.epoch + 1, engine.lr_scheduler.get_last_lr()[0], time.perf_counter() - t_logged,
                             *batches.take_timings())
             t_logged = time.perf_counter()
-            evaluation.poll(state)
+            stop.agree(evaluation.poll(state, stop_requested=stop.requested))
             if state.success:
                 return
+            if stop.preempted:
+                log.warning("stopping on %s at iteration %d (epoch %d, %d of its %d iterations)", stop.signals.name,
+                            state.iteration, epoch, state.iter_in_epoch, data.iters_per_epoch)
         if checkpoint_every and state.iteration % checkpoint_every == 0:
             train_log.check_finite()
             checkpoints.save(state)
     del batches
-    if state.iter_in_epoch < data.iters_per_epoch:  # stopped by --max_iters
+    if state.iter_in_epoch < data.iters_per_epoch:  # stopped by --max_iters, or on a signal: saved where it is
+        if stop.preempted and checkpoints.saved != checkpoints.tag(state):
+            train_log.check_finite()
+            checkpoints.save(state)
         return
     state.epoch, state.iter_in_epoch = epoch, 0
     mlperf.epoch_stop(epoch)
     if schedule.evaluates_after(epoch):
-        evaluation.run(epoch, state.iteration)
+        evaluation.run(state)
         mlperf.block_stop(schedule.block_first(epoch))
     train_log.check_finite()
     checkpoints.save(state)

@@ -7,8 +7,14 @@ A resumed run is a new segment of the same run: it never appends to `mlperf.log`
 and run_start must each occur once) but writes `mlperf.segment<k>.log` (k = 2, 3, ...), plainly marked as a
 continuation: a first comment line and a `ssd_ds_resumed_from` record (checkpoint, epoch, iteration) instead of the
 init block and submission keys, so the checker can never take it for a complete run. Then run_start, the epochs,
-evaluations and run_stop as usual. `python -m ssd_ds.mlperf_log <run_dir>/mlperf.log` adds up the segments: each
-from its run_start to its run_stop, or to its last record when it was killed.
+evaluations and run_stop as usual. A segment stopped on a signal (ssd_ds.preemption) ends with a `ssd_ds_preempted`
+record (the signal, the checkpoint saved, epoch and iteration) instead of run_stop: the run is not over.
+`python -m ssd_ds.mlperf_log <run_dir>/mlperf.log` adds up the segments: each from its run_start to its run_stop, or
+to its last record when it was stopped or killed.
+
+At the end of a run the trainer checks its log with the MLPerf 0.7.0 compliance checker (`check_run`): a resumed
+run's segments joined into one log (`mlperf.joined.log`: the first segment's init block and run_start, every
+segment's epochs and evaluations, the last segment's run_stop) so that the whole run is checked, as one log.
 """
 
 from __future__ import annotations
@@ -17,17 +23,24 @@ import argparse
 import json
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from mlperf_logging.mllog import constants as keys
 from mlperf_logging.mllog import mllog
 
 from ssd_ds.errors import BadInput, NotFound
+from ssd_ds.fileio import atomic_write
 
 BENCHMARK = keys.SSD
 ORG = "ssd_ds"
 LOG_NAME = "mlperf.log"
 RESUMED_FROM = "ssd_ds_resumed_from"  # the first record of a continuation segment (not an MLPerf key)
+PREEMPTED = "ssd_ds_preempted"  # the last record of a segment stopped on a signal, instead of run_stop (ditto)
+JOINED_NAME = "mlperf.joined.log"
+CHECKER_LOG = "compliance_checker.log"
+CHECKER_RULESET = "0.7.0"
 _SEGMENT = re.compile(r"mlperf\.segment(\d+)\.log")
 
 
@@ -162,6 +175,11 @@ class MLPerfLogger:
     def run_stop(self, success: bool) -> None:
         self._end(keys.RUN_STOP, metadata={"status": "success" if success else "aborted"})
 
+    def preempted(self, signal_name: str, checkpoint: Path, epoch: int, iteration: int) -> None:
+        """The end of a segment stopped on a signal, in place of run_stop: a resumed segment continues the run."""
+        self._event(PREEMPTED, signal_name, metadata={"checkpoint": str(checkpoint), "epoch": epoch,
+                                                      "iteration": iteration})
+
 
 def open_run_log(run_dir: Path, resumed_from: Path | None, enabled: bool, division: str,
                  platform: str) -> MLPerfLogger:
@@ -190,15 +208,16 @@ def log_records(path: Path) -> list[dict]:
 
 
 def segment_time(path: Path) -> tuple[float, str]:
-    """(seconds, status) of one segment: run_start to run_stop, or to its last record with status "interrupted"
-    when the segment was killed; a clear error when it never reached run_start."""
+    """(seconds, status) of one segment: run_start to run_stop, or to its last record with status "preempted" when
+    it stopped on a signal, "interrupted" when it was killed; a clear error when it never reached run_start."""
     records = log_records(path)
     starts = [r for r in records if r["key"] == keys.RUN_START]
     if not starts:
         raise BadInput(f"{path}: no {keys.RUN_START} record (the segment did not start training)")
     stops = [r for r in records if r["key"] == keys.RUN_STOP]
     end = stops[-1] if stops else records[-1]
-    status = stops[-1]["metadata"].get("status", "unknown") if stops else "interrupted"
+    status = stops[-1]["metadata"].get("status", "unknown") if stops else \
+        "preempted" if records[-1]["key"] == PREEMPTED else "interrupted"
     return (end["time_ms"] - starts[0]["time_ms"]) / 1000, status
 
 
@@ -223,23 +242,88 @@ def time_to_train(path: Path) -> tuple[float, str]:
     return seconds, events[keys.RUN_STOP]["metadata"].get("status", "unknown")
 
 
+def result_lines(first: Path) -> list[str]:
+    """The `RESULT,SSD,<seconds>,<status>` line and the time to train, summed over the resumed segments beside
+    `first`, if any, each segment's time listed."""
+    seconds, status, rows = time_across_segments(first)
+    lines = [f"RESULT,SSD,{seconds:.1f},{status}"]
+    if len(rows) > 1:
+        lines += [f"  segment {log.name}: {s:.1f} s ({st})" for log, s, st in rows]
+        lines.append(f"time to train: {seconds / 60:.2f} min over {len(rows)} segments ({status}); a resumed run is "
+                     "not a valid MLPerf result")
+    else:
+        lines.append(f"time to train: {seconds / 60:.2f} min ({status})")
+    return lines
+
+
+def join_segments(first: Path, out: Path) -> Path:
+    """The run's segments as one log at `out`, for the compliance checker: the first segment's records, then each
+    later segment's after its run_start, with every end but the last (run_stop, `ssd_ds_preempted`) left out, and no
+    `ssd_ds_resumed_from` records. The segments' own logs stay as they are."""
+    logs = segment_logs(first)
+    lines = [f"# {len(logs)} segments of {Path(first).name} joined for the compliance check (python -m "
+             f"ssd_ds.mlperf_log); the time between them is not training time"]
+    for k, log in enumerate(logs):
+        last = k == len(logs) - 1
+        started = k == 0
+        for line in Path(log).read_text(encoding="latin-1").splitlines():
+            if ":::MLLOG" not in line:
+                continue
+            key = json.loads(line.split(":::MLLOG", 1)[1])["key"]
+            if key == keys.RUN_START and not started:
+                started = True
+                continue
+            if not started or key in (RESUMED_FROM, PREEMPTED) or (key == keys.RUN_STOP and not last):
+                continue
+            lines.append(line)
+    atomic_write(out, "\n".join(lines) + "\n")
+    return out
+
+
+def check_run(first: Path) -> tuple[bool, list[str]]:
+    """(passed, findings) of the MLPerf 0.7.0 compliance checker on a finished run's log: `first` itself, or for a
+    resumed run its segments joined (`join_segments`, written beside it). The checker's own log goes to
+    `compliance_checker.log` beside it. Findings: the rules files applied and every warning or error."""
+    first = Path(first)
+    target = first if len(segment_logs(first)) == 1 else join_segments(first, first.with_name(JOINED_NAME))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
+                               "--ruleset", CHECKER_RULESET, "--log_output", str(first.with_name(CHECKER_LOG)),
+                               str(target)], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, [f"the checker did not run: {exc}"]
+    output = (proc.stdout + proc.stderr).splitlines()
+    rules = [line.rsplit("/", 1)[-1] for line in output if "Compliance checks:" in line]
+    findings = [line.strip() for line in output
+                if line.startswith(("WARNING", "ERROR", "Traceback")) and line.strip() != "ERROR - FAILED"]
+    if proc.returncode != 0 and not findings:
+        findings = [line.strip() for line in output[-5:]]
+    return proc.returncode == 0, [f"rules {', '.join(rules) or 'none applied'}", *findings]
+
+
+def report(first: Path) -> list[str]:
+    """What the trainer prints at the end of a run: the compliance checker's verdict on the whole log, and the
+    RESULT line (a resumed run: its segments' sum)."""
+    passed, findings = check_run(first)
+    joined = len(segment_logs(first)) > 1
+    what = f"{Path(first).with_name(JOINED_NAME)} (its segments joined)" if joined else str(first)
+    verdict = "passed" if passed else "FAILED (a warning: the run's exit code does not change)"
+    lines = [f"MLPerf {CHECKER_RULESET} compliance check of {what}: {verdict}; {findings[0]}",
+             *(f"  {f}" for f in findings[1:])]
+    return lines + result_lines(first)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`python -m ssd_ds.mlperf_log LOG`: print the time to train, as run_and_time.sh reports it (summed over the
-    resumed segments beside LOG, if any)."""
+    """`python -m ssd_ds.mlperf_log LOG [--check]`: print the time to train, as run_and_time.sh reports it (summed
+    over the resumed segments beside LOG, if any); with --check, first the compliance checker's verdict on the whole
+    run, as the trainer prints it at the end of a run."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("log", type=Path)
+    parser.add_argument("--check", action="store_true", help="run the MLPerf 0.7.0 compliance checker first")
     args = parser.parse_args(argv)
     if not args.log.is_file():
         raise NotFound(f"{args.log}: MLPerf log not found")
-    seconds, status, rows = time_across_segments(args.log)
-    print(f"RESULT,SSD,{seconds:.1f},{status}")
-    if len(rows) > 1:
-        for log, s, st in rows:
-            print(f"  segment {log.name}: {s:.1f} s ({st})")
-        print(f"time to train: {seconds / 60:.2f} min over {len(rows)} segments ({status}); a resumed run is not a "
-              "valid MLPerf result")
-    else:
-        print(f"time to train: {seconds / 60:.2f} min ({status})")
+    print("\n".join(report(args.log) if args.check else result_lines(args.log)))
 
 
 if __name__ == "__main__":

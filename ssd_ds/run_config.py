@@ -24,6 +24,7 @@ from pathlib import Path
 from ssd_ds.errors import BadInput
 from ssd_ds.fileio import atomic_write, read_json
 from ssd_ds.model_config import build_model_config
+from ssd_ds.preemption import signal_number
 from ssd_ds.schedule import EvalSchedule
 
 
@@ -88,6 +89,12 @@ class RunConfig:
     progress: bool = flag(True, "progress bar on rank 0")
     resume: str | None = flag(None, '"auto" (latest in run_dir), a checkpoint directory, or None')
     eval_only: bool = flag(False, "evaluate the resumed checkpoint (on all ranks, sharded) and exit")
+    stop_signals: tuple[str, ...] = flag(
+        ("SIGTERM", "SIGUSR1"), "on these signals save a checkpoint at the next sync point (--log_every) and exit "
+                                "with code 75, to resume (ssd_ds/preemption.py)")
+    stop_timeout: float = flag(
+        120.0, "seconds from the first stop signal to the exit: past them the run exits (code 75) even if the save "
+               "hangs, its last complete checkpoint kept")
 
     def save(self, path: Path) -> None:
         """Write the resolved config as JSON, atomically."""
@@ -267,5 +274,12 @@ def validate(cfg: RunConfig) -> None:
         raise BadInput("--eval_only needs --resume auto|PATH: a checkpoint to evaluate")
     if list(cfg.decay_epochs) != sorted(cfg.decay_epochs):
         raise BadInput(f"--decay_epochs must be increasing, got {cfg.decay_epochs}")
+    for name in cfg.stop_signals:
+        try:
+            signal_number(name)
+        except ValueError as exc:
+            raise BadInput(f"--stop_signals: {exc}") from None
+    if cfg.stop_timeout <= 0:
+        raise BadInput(f"--stop_timeout must be > 0 seconds, got {cfg.stop_timeout}")
     if cfg.anchor_scales:  # the model preset judges them (count, sign, not for mlperf), before anything starts
         build_model_config(cfg.model, anchor_scales=cfg.anchor_scales)

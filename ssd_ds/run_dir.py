@@ -16,7 +16,7 @@ from mlperf_logging.mllog import constants as mllog_keys
 from ssd_ds import checkpoint
 from ssd_ds.distributed import barrier, broadcast_from_rank0
 from ssd_ds.errors import BadInput
-from ssd_ds.mlperf_log import LOG_NAME, log_records
+from ssd_ds.mlperf_log import CHECKER_LOG, JOINED_NAME, LOG_NAME, log_records
 from ssd_ds.run_config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ def choose_run_dir(cfg: RunConfig) -> tuple[str, str | None]:
         while (run_dir / f"attempt-{k}").exists():
             k += 1
         (run_dir / f"attempt-{k}").mkdir()
-        for name in (*found, "tensorboard", "eval", *(p.name for p in run_dir.glob("mlperf.segment*.log"))):
+        for name in (*found, "tensorboard", "eval", JOINED_NAME, CHECKER_LOG,
+                     *(p.name for p in run_dir.glob("mlperf.segment*.log"))):
             if (run_dir / name).exists():
                 os.replace(run_dir / name, run_dir / f"attempt-{k}" / name)
         log.warning("%s: no checkpoint to resume; the earlier attempt's files moved to %s", run_dir,

@@ -1,9 +1,12 @@
 """The trainer: `python -m ssd_ds.train [--preset demo|mlperf | --config FILE] [--field value ...]` (one process) or
 `deepspeed [--hostfile H] [--num_gpus N] --module ssd_ds.train --deepspeed_config ds_configs/X.json ...`.
 
-`main` reads top to bottom in the order things depend on each other: config -> distributed -> run directory and
-logs -> data -> model -> speed-ups (ssd_ds.speedups.build_training_setup) -> resume -> warm-up -> the loop
-(ssd_ds.loop: one step, one epoch, one evaluation).
+`main` reads top to bottom in the order things depend on each other: config -> distributed -> stop signals ->
+run directory and logs -> data -> model -> speed-ups (ssd_ds.speedups.build_training_setup) -> resume -> warm-up ->
+the loop (ssd_ds.loop: one step, one epoch, one evaluation) -> the MLPerf log checked.
+
+Exit codes: 0 when the run trained (whether or not it reached the target), 2 on a user error (ssd_ds.cli),
+75 (ssd_ds.preemption.PREEMPTED_EXIT) when a stop signal ended it with a checkpoint: resume with `--resume auto`.
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ from ssd_ds.loop import (
     train_one_epoch,
 )
 from ssd_ds.metrics import MetricsLogger
-from ssd_ds.mlperf_log import open_run_log
+from ssd_ds.mlperf_log import open_run_log, report
 from ssd_ds.model import build_model
 from ssd_ds.model_config import build_model_config
+from ssd_ds.preemption import PREEMPTED_EXIT, StopSignals, ignore_signals
 from ssd_ds.rng import set_rng_state
 from ssd_ds.run_config import RunConfig, config_from_args
 from ssd_ds.run_dir import open_run_dir
@@ -73,7 +77,43 @@ def check_same_default_boxes(saved: dict, cfg: RunConfig, checkpoint_dir: Path) 
                        f"{show(scales)}; resume with the run's own (--config <run_dir>/config.json)")
 
 
-def main(argv: list[str] | None = None) -> RunState:
+def check_resume_batch(saved: dict | None, batch: dict, engine_settings: dict, checkpoint_dir: Path,
+                       ds_path: str) -> None:
+    """A run resumes at the global batch and epoch length it was saved with, on any number of ranks: the rest of the
+    epoch is then dealt out again over the ranks there are (TrainSampler: a rank's position p is the epoch's global
+    position p * world + rank, so each global batch holds the same samples, with the same augmentation, and none is
+    repeated or lost). What cannot stay exact on another world size: BatchNorm's statistics, taken per micro-batch
+    on each rank (other groupings of the same samples), and the order gradients are summed in. Anything else is
+    refused in one line naming both sizes and the DeepSpeed setting that keeps the global batch."""
+    if not saved:  # a checkpoint from before the batch plan was saved
+        return
+    world, saved_world = batch["world_size"], saved["world_size"]
+    if saved["global_batch"] != batch["global_batch"]:
+        need, rest = divmod(saved["global_batch"], world)
+        if rest:
+            fix = f"world size {world} does not divide it: resume on a world size that does"
+        else:
+            micro = batch["micro_batch"] if need % batch["micro_batch"] == 0 else need
+            fix = (f"resume with a --deepspeed_config of train_micro_batch_size_per_gpu {micro} and "
+                   f"gradient_accumulation_steps {need // micro} (train_batch_size {saved['global_batch']})")
+        raise BadInput(f"{checkpoint_dir}: saved on world size {saved_world} at global batch {saved['global_batch']} "
+                       f"(micro-batch {saved['micro_batch']} x accumulation {saved['accumulation']}), this run has "
+                       f"world size {world} and global batch {batch['global_batch']} ({ds_path}); {fix}")
+    if saved["iters_per_epoch"] != batch["iters_per_epoch"]:
+        raise BadInput(f"{checkpoint_dir}: saved on world size {saved_world} with {saved['iters_per_epoch']} "
+                       f"iterations an epoch, world size {world} pads the epoch to {batch['iters_per_epoch']}; resume "
+                       f"on world size {saved_world}")
+    if world != saved_world and engine_settings.get("zero_optimization", {}).get("stage", 0) > 0:
+        raise BadInput(f"{checkpoint_dir}: saved on world size {saved_world} with ZeRO, which splits the optimizer "
+                       f"state by rank; this run has world size {world}: resume on {saved_world} ranks")
+    if world != saved_world:
+        log.warning("resuming a run saved on world size %d on %d: the same global batch %d (micro-batch %d x "
+                    "accumulation %d x %d ranks), the rest of the epoch dealt out again; the samples of each "
+                    "global batch are the same, BatchNorm's per-micro-batch statistics are not", saved_world, world,
+                    batch["global_batch"], batch["micro_batch"], batch["accumulation"], world)
+
+
+def main(argv: list[str] | None = None) -> RunState | int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config_from_args(argv)
 
@@ -83,6 +123,11 @@ def main(argv: list[str] | None = None) -> RunState:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+
+    # Stop signals (ssd_ds.preemption): noted from now on, acted on at the training loop's sync points. The loader
+    # workers and COCOeval processes ignore them. An evaluation-only run keeps the signals' default actions.
+    signals = None if cfg.eval_only else StopSignals(cfg.stop_signals, cfg.stop_timeout).install()
+    in_children = functools.partial(ignore_signals, signals.numbers if signals else ())
 
     # Run directory and logs. An evaluation-only run is no MLPerf run: it writes no MLPerf log.
     run_dir, resume_from = open_run_dir(cfg, rank)
@@ -114,12 +159,13 @@ def main(argv: list[str] | None = None) -> RunState:
     pin = device.type == "cuda"
     train_loader = build_train_loader(train_set, sampler, plan.micro_batch, cfg.workers, pin_memory=pin,
                                       collate_fn=collate_compressed if decode_on_device else collate_train,
-                                      timeout=cfg.loader_timeout)
+                                      timeout=cfg.loader_timeout, worker_init_fn=in_children)
     iters_per_epoch = len(train_loader) // plan.accumulation
     if iters_per_epoch < 1:
         raise BadInput(f"{cfg.data}: {len(train_set)} training images give no full global batch of "
                        f"{plan.global_batch}")
-    eval_loader = build_eval_loader(val_set, rank, world, cfg.eval_batch, cfg.workers, pin_memory=pin)
+    eval_loader = build_eval_loader(val_set, rank, world, cfg.eval_batch, cfg.workers, pin_memory=pin,
+                                    worker_init_fn=in_children)
     size, anchors = model_cfg.input_size, model_cfg.anchors.num_anchors
     # uint8 pixels (a JPEG's bytes are fewer), boxes, and targets when the workers encode
     per_image = 3 * size * size + cfg.max_boxes * 24 + (0 if encode_on_device else anchors * 24)
@@ -141,9 +187,14 @@ def main(argv: list[str] | None = None) -> RunState:
 
     # Resume: DeepSpeed's module, optimizer and scheduler, then where the run was and every RNG.
     state = RunState()
+    batch = dict(world_size=world, micro_batch=plan.micro_batch, accumulation=plan.accumulation,
+                 global_batch=plan.global_batch, iters_per_epoch=iters_per_epoch)
     if resume_from is not None:
         client = checkpoint.load(built.deepspeed, resume_from)
         check_same_default_boxes(client["config"], cfg, resume_from[0] / resume_from[1])
+        if not cfg.eval_only:
+            check_resume_batch(client.get("batch"), batch, engine_cfg.settings, resume_from[0] / resume_from[1],
+                               cfg.deepspeed_config)
         state = RunState(**client["run_state"])
         set_rng_state(client["rng"])
         log.info("resumed from %s/%s at epoch %d, iteration %d", *resume_from, state.epoch, state.iteration)
@@ -168,7 +219,8 @@ def main(argv: list[str] | None = None) -> RunState:
     metrics = MetricsLogger(run_dir, enabled=rank == 0, append=resume_from is not None)
     evaluation = Evaluation(
         built, eval_loader, val_set, device, engine_cfg.autocast_dtype, rank,
-        BackgroundEvaluator(val_set.ann_file, run_dir / "eval", cfg.coco_eval) if rank == 0 else None, metrics, mlperf,
+        BackgroundEvaluator(val_set.ann_file, run_dir / "eval", cfg.coco_eval, signals.numbers if signals else ())
+        if rank == 0 else None, metrics, mlperf,
         cfg.target_map, images_to_draw=cfg.eval_images_to_draw,
         # A compiled model is given every batch at the full size, the one the warm-up compiled it for (a partial batch
         # would compile it again); an eager model runs a partial batch as it comes, so its detections (the CPU demo's
@@ -182,6 +234,8 @@ def main(argv: list[str] | None = None) -> RunState:
             mlperf.hyperparameters(cfg.seed, plan.micro_batch, plan.global_batch, lr, cfg.decay_epochs,
                                    cfg.weight_decay, cfg.warmup_iters, cfg.warmup_factor)
             mlperf.init_stop(len(train_set), len(val_set), CROP_MAX_SAMPLES)
+        else:  # evaluations the checkpoint left running
+            evaluation.resubmit(state)
         data = TrainData(train_loader, sampler, plan, iters_per_epoch, device, preparation, cfg.data,
                          cfg.loader_timeout)
         ckpt_dir = run_dir / "checkpoints"
@@ -189,21 +243,26 @@ def main(argv: list[str] | None = None) -> RunState:
                               class_names=val_set.class_names, label_to_category=val_set.label_to_category,
                               autocast=engine_cfg.autocast_dtype)
         checkpoints = Checkpoints(built.deepspeed, ckpt_dir, cfg.keep_checkpoints, sampler, dataclasses.asdict(cfg),
-                                  inference_meta if rank == 0 else None)
+                                  inference_meta if rank == 0 else None, batch)
         train_log = TrainLog(metrics, ckpt_dir, plan.global_batch, device,
                              preparation.decoder.counts if preparation else None)
         epochs = cfg.epochs * iters_per_epoch
-        stop = StopAt(cfg.epochs, min(epochs, cfg.max_iters) if cfg.max_iters else epochs)
+        stop = StopAt(cfg.epochs, min(epochs, cfg.max_iters) if cfg.max_iters else epochs, signals)
         if cfg.progress:
             metrics.start_progress(stop.iterations, state.iteration)
         train_epoch = functools.partial(train_one_epoch, state, built, data, cfg.eval_schedule, stop, train_log,
                                         evaluation, checkpoints, mlperf, cfg.log_every, cfg.checkpoint_every)
-        train(state, stop, train_epoch, data, evaluation, built, metrics, mlperf)
-        return report_training(state, rank, cfg.target_map, run_dir)
+        preempted = train(state, stop, train_epoch, data, evaluation, built, metrics, mlperf, checkpoints)
     finally:
         evaluation.close()
         metrics.close()
         mlperf.close()
+    if preempted:
+        if rank == 0:
+            print(f"stopped on {signals.name} at iteration {state.iteration}, checkpoint {checkpoints.saved}: resume "
+                  f"with --resume auto --run_dir {run_dir} (exit code {PREEMPTED_EXIT})", flush=True)
+        return PREEMPTED_EXIT
+    return report_training(state, rank, cfg.target_map, run_dir)
 
 
 def report_evaluation(state: RunState, rank: int) -> RunState:
@@ -215,12 +274,17 @@ def report_evaluation(state: RunState, rank: int) -> RunState:
 
 
 def report_training(state: RunState, rank: int, target_map: float, run_dir: Path) -> RunState:
-    """The run's outcome on rank 0's stdout."""
+    """The run's outcome on rank 0's stdout, then the compliance checker's verdict on its whole MLPerf log and the
+    RESULT line (ssd_ds.mlperf_log.report). A failed check is a warning: it never fails a run that trained."""
     if rank == 0:
         print(f"run {'reached' if state.success else 'did not reach'} the target AP {target_map}: "
               f"best AP {state.best_map:.4f} after {state.epoch} epochs, {state.iteration} iterations")
         print(f"MLPerf log:  {run_dir / 'mlperf.log'}")
         print(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+        try:
+            print("\n".join(report(run_dir / "mlperf.log")), flush=True)
+        except Exception as exc:  # the check is a report: whatever breaks it, the run stands
+            log.warning("the MLPerf log could not be checked: %s: %s", type(exc).__name__, exc)
     return state
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from ssd_ds import bench
-from ssd_ds.bench import data, train
+from ssd_ds.bench import data, sync, train
 from ssd_ds.bench import eval as evaluation
 from ssd_ds.bench.kernels import decode, encode, loss
 
-BENCHMARKS = {"data": data, "eval": evaluation, "train": train, "loss": loss, "decode": decode, "encode": encode}
+BENCHMARKS = {"data": data, "eval": evaluation, "sync": sync, "train": train, "loss": loss, "decode": decode,
+              "encode": encode}
 
 
 def main(argv: list[str] | None = None):

@@ -99,24 +99,27 @@ def collate_eval(batch):
     return images, [s[1] for s in kept], [s[2] for s in kept], skipped
 
 
-def _loader_kwargs(workers: int, pin_memory: bool, timeout: float = 0.0) -> dict:
+def _loader_kwargs(workers: int, pin_memory: bool, timeout: float = 0.0,
+                   worker_init_fn: Callable | None = None) -> dict:
     kwargs = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
     if workers > 0:
         kwargs["prefetch_factor"] = PREFETCH_FACTOR
         kwargs["timeout"] = timeout
+        kwargs["worker_init_fn"] = worker_init_fn
     return kwargs
 
 
 def build_train_loader(
     dataset: Dataset, sampler: TrainSampler, batch_size: int, workers: int, pin_memory: bool = False,
-    collate_fn: Callable = collate_train, timeout: float = 0.0,
+    collate_fn: Callable = collate_train, timeout: float = 0.0, worker_init_fn: Callable | None = None,
 ) -> DataLoader:
     """Full batches (drop_last) of `ssd_ds.data.batch.Batch` (or, with the device input path's collate, of the
     compressed batches the device decodes). `timeout` > 0: seconds to wait for any one batch from the workers
-    before the loader raises (`loader_failure` makes that a clear error); 0 waits for ever."""
+    before the loader raises (`loader_failure` makes that a clear error); 0 waits for ever. `worker_init_fn(id)`
+    runs first in each worker (the trainer's: ignore its stop signals)."""
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_fn,
-        **_loader_kwargs(workers, pin_memory, timeout)
+        **_loader_kwargs(workers, pin_memory, timeout, worker_init_fn)
     )
 
 
@@ -140,12 +143,14 @@ def loader_failure(exc: RuntimeError, data: str, timeout: float) -> UserError | 
 
 
 def build_eval_loader(
-    dataset: Dataset, rank: int, world_size: int, batch_size: int, workers: int, pin_memory: bool = False
+    dataset: Dataset, rank: int, world_size: int, batch_size: int, workers: int, pin_memory: bool = False,
+    worker_init_fn: Callable | None = None,
 ) -> DataLoader:
     """This rank's shard of the evaluation set, in order, unreadable images dropped."""
     sampler = ShardSampler(eval_shard(len(dataset), rank, world_size))
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_eval, **_loader_kwargs(workers, pin_memory)
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_eval,
+        **_loader_kwargs(workers, pin_memory, worker_init_fn=worker_init_fn)
     )
 
 

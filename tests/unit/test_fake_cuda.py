@@ -180,8 +180,9 @@ def test_evaluation_with_default_boxes_left_on_the_cpu_fails(synthetic_dataset, 
 
 
 def test_checkpoint_of_a_cuda_run_holds_host_state_and_device_weights(synthetic_dataset):
-    """What a checkpoint saves besides DeepSpeed's files: the run state, every RNG, the sampler and the config, all
-    host data (readable on a machine without the GPU); the module's tensors all on the one training device."""
+    """What a checkpoint saves besides DeepSpeed's files: the run state, every RNG, the sampler, the config and the
+    batch plan, all host data (readable on a machine without the GPU); the module's tensors all on the one training
+    device."""
     cfg = cpu_small(num_classes=CocoDetection(synthetic_dataset, "val").num_classes)
     batches = train_batches(synthetic_dataset, cfg, encode_on_device=True)
     sampler = TrainSampler(10, seed=0)
@@ -193,7 +194,7 @@ def test_checkpoint_of_a_cuda_run_holds_host_state_and_device_weights(synthetic_
         state = RunState(epoch=1, iteration=1, best_map=0.0)
         client = Checkpoints(engine, None, 1, sampler, asdict(demo()), None).client_state(state)
         weights = engine.module.state_dict()
-    assert set(client) == {"run_state", "rng", "sampler", "config"}
+    assert set(client) == {"run_state", "rng", "sampler", "config", "batch"}
     assert client["rng"].keys() >= {"python", "numpy", "torch"}
     assert all(t.device.type == "cpu" for t in all_tensors(client))
     assert {t.device for t in weights.values()} == {CUDA}
