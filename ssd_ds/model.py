@@ -54,13 +54,16 @@ class ResNetTrunk(nn.Module):
         return self.layer3(self.layer2(self.layer1(x)))
 
 
-def _extra(in_ch: int, mid: int, out: int, stride: int, padding: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_ch, mid, kernel_size=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(mid, out, kernel_size=3, stride=stride, padding=padding),
-        nn.ReLU(inplace=True),
-    )
+def _extra(in_ch: int, mid: int, out: int, stride: int, padding: int, norm: bool = False) -> nn.Sequential:
+    """conv1x1 -> ReLU -> conv3x3 -> ReLU with biases (SPEC section 1), or with `norm` each conv bias-free and followed
+    by a BatchNorm (ModelConfig.extra_norm)."""
+    def conv(c_in: int, c_out: int, **kw) -> list[nn.Module]:
+        if norm:
+            return [nn.Conv2d(c_in, c_out, bias=False, **kw), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        return [nn.Conv2d(c_in, c_out, **kw), nn.ReLU(inplace=True)]
+
+    return nn.Sequential(*conv(in_ch, mid, kernel_size=1),
+                         *conv(mid, out, kernel_size=3, stride=stride, padding=padding))
 
 
 class SSD(nn.Module):
@@ -74,7 +77,7 @@ class SSD(nn.Module):
         channels = [self.backbone.out_channels]
         extras = []
         for block in cfg.extras:
-            extras.append(_extra(channels[-1], block.mid, block.out, block.stride, block.padding))
+            extras.append(_extra(channels[-1], block.mid, block.out, block.stride, block.padding, cfg.extra_norm))
             channels.append(block.out)
         self.extras = nn.ModuleList(extras)
         nds = cfg.anchors.boxes_per_location

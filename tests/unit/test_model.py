@@ -1,9 +1,10 @@
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from ssd_ds.model import build_model
-from ssd_ds.model_config import cpu_small, feature_sizes, mlperf
+from ssd_ds.model_config import build_model_config, cpu_small, feature_sizes, mlperf
 
 
 def test_mlperf_model_size_and_shapes():
@@ -59,8 +60,9 @@ def test_cpu_preset_is_same_family_and_small():
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
 
 
-def test_gradients_reach_every_parameter():
-    cfg = cpu_small(num_classes=4)
+@pytest.mark.parametrize("preset", ["cpu_small", "cpu_160"])
+def test_gradients_reach_every_parameter(preset):
+    cfg = build_model_config(preset, num_classes=4)
     model = build_model(cfg)
     locs, logits = model(torch.randn(2, 3, cfg.input_size, cfg.input_size))
     (locs.square().mean() + logits.square().mean()).backward()
@@ -99,3 +101,16 @@ def test_backbone_wrong_keys_names_it(tmp_path):
     path = _resnet34_file(tmp_path, torchvision.models.resnet18().state_dict())
     with pytest.raises(ValueError, match="resnet34-333f7ec4.pth.*not a torchvision resnet34"):
         build_model(mlperf(), backbone_weights=str(path))
+
+
+def test_cpu_160_has_its_feature_maps_and_normalised_extras():
+    cfg = build_model_config("cpu_160", num_classes=5)
+    assert (cfg.input_size, cfg.anchors.feat_sizes, cfg.anchors.num_anchors) == (160, (20, 10, 5, 3, 2), 2420)
+    model = build_model(cfg)
+    for block in model.extras:  # conv (no bias) -> BN -> ReLU, twice
+        assert [type(m) for m in block] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU] * 2
+        assert block[0].bias is None and block[3].bias is None
+    locs, logits = model(torch.randn(2, 3, 160, 160))
+    assert locs.shape == (2, 2420, 4) and logits.shape == (2, 2420, 5)
+    # The SPEC's extras stay as they were: conv(bias) -> ReLU, twice, the same state-dict keys.
+    assert [type(m) for m in build_model(cpu_small()).extras[0]] == [nn.Conv2d, nn.ReLU] * 2

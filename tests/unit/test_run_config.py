@@ -5,6 +5,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 
 from ssd_ds import ds_config
 from ssd_ds.run_config import RunConfig, build_parser, config_from_args, demo, from_file, mlperf
@@ -55,7 +56,8 @@ def test_a_bad_config_file_names_the_file_and_the_field(tmp_path):
     with pytest.raises(ValueError, match="config.json: --epochs: expected int"):
         config_from_args(["--config", str(path)])
     path.write_text(json.dumps({"preset": "mlpref", "epochs": 3}))
-    with pytest.raises(ValueError, match=r"config.json: unknown preset 'mlpref' \(one of \['demo', 'mlperf'\]\)"):
+    with pytest.raises(ValueError,
+                       match=r"config.json: unknown preset 'mlpref' \(one of \['custom', 'demo', 'mlperf'\]\)"):
         config_from_args(["--config", str(path)])
     path.write_text("{")
     with pytest.raises(ValueError, match="config.json: malformed JSON"):
@@ -103,3 +105,14 @@ def test_every_system_config_has_its_launch_settings_and_the_mlperf_preset_is_th
     assert systems == {p.stem.removeprefix("config_") for p in LAUNCH_SETTINGS}
     dgxa100 = from_file(str(REPO / "configs" / "systems" / "DGXA100.json"))
     assert dataclasses.replace(dgxa100, submission_platform=mlperf().submission_platform) == mlperf()
+
+
+def test_the_custom_preset_is_the_measured_one_for_ones_own_data(tmp_path, monkeypatch):
+    cfg = config_from_args(["--preset", "custom", "--data", str(tmp_path)])
+    assert (cfg.model, cfg.synthetic, cfg.data) == ("cpu_160", False, str(tmp_path))
+    engine = ds_config.load(str(REPO / cfg.deepspeed_config), world_size=1)
+    assert (engine.plan.micro_batch, engine.plan.accumulation, engine.autocast_dtype) == (16, 1, torch.bfloat16)
+    assert cfg.decay_epochs[-1] < cfg.epochs and cfg.eval_schedule.evaluates_after(cfg.epochs)
+    monkeypatch.chdir(tmp_path)  # no data/custom here: the error says to give --data
+    with pytest.raises(ValueError, match="--preset custom trains on a data set of your own: give --data DIR"):
+        config_from_args(["--preset", "custom"])
