@@ -1,7 +1,8 @@
 """`python -m ssd_ds.bench eval [--images N] [--detections D] [--batch B]`: COCOeval (bbox) of the same generated
-detections by faster-coco-eval (the trainer's default) and by pycocotools (the reference), timed, with the ratio and
-whether all twelve numbers are identical; then the post-processing of SSD300-shaped outputs per image (the loop
-evaluation ran before) and batched (`select_detections`), with the ratio and whether the detections are identical.
+detections by faster-coco-eval, hotcoco and pycocotools (the reference), timed, with the ratios and whether all twelve
+numbers are identical; what the evaluation report (per-class table, PR curves, TIDE errors) adds; then the
+post-processing of SSD300-shaped outputs per image (the loop evaluation ran before) and batched
+(`select_detections`), with the ratio and whether the detections are identical.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import torch
 
 from ssd_ds.anchors import default_boxes_cxcywh
 from ssd_ds.bench.device import sync
-from ssd_ds.coco_eval import COCOEVAL_BACKENDS, coco_eval
+from ssd_ds.coco_eval import COCOEVAL_BACKENDS, DEFAULT_BACKEND, coco_eval, evaluate_report
 from ssd_ds.fileio import atomic_write
 from ssd_ds.model_config import mlperf
 from ssd_ds.postprocess import decode_scores, detect_image, select_detections
 
-HELP = "COCOeval backends on the same detections (faster vs pycocotools)"
+HELP = "COCOeval backends on the same detections (faster, hotcoco, pycocotools) and the report's cost"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,26 +58,42 @@ def generated_eval_set(out_dir: Path, images: int, detections_per_image: int, se
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
-    """COCOeval of the same detections by each backend, timed in this process, AP compared; then the
-    post-processing, per image and batched."""
+    """COCOeval of the same detections by each backend, timed in this process, the twelve numbers compared with
+    pycocotools'; the report's additions (per-class table, curves, error breakdown) timed on the default backend;
+    then the post-processing, per image and batched."""
     with tempfile.TemporaryDirectory() as tmp:
         ann_file, detections = generated_eval_set(Path(tmp), args.images, args.detections)
         print(f"COCOeval (bbox) of {len(detections)} detections on {args.images} generated images "
               f"({args.detections} an image), one process")
         seconds, stats = {}, {}
         for backend in COCOEVAL_BACKENDS:
+            coco_eval(ann_file, detections[:1], backend)  # imports and first-call set-up, not timed
             start = time.perf_counter()
             stats[backend] = coco_eval(ann_file, detections, backend)
             seconds[backend] = time.perf_counter() - start
             print(f"  {backend:12s} {seconds[backend]:8.2f} s   AP {stats[backend]['AP']:.6f}")
-    # The two sum precisions in different orders, so a number may differ in its last bit or two (~1e-16).
-    largest = max(abs(stats["faster"][k] - stats["pycocotools"][k]) for k in stats["faster"])
-    agreement = ("identical" if largest == 0 else f"equal to {largest:.0e} (summation order)" if largest < 1e-12
-                 else f"DIFFERENT (by up to {largest:.2e})")
-    print(f"  ratio pycocotools / faster: {seconds['pycocotools'] / seconds['faster']:.1f}x; "
-          f"all twelve numbers {agreement}")
+        for backend in COCOEVAL_BACKENDS:
+            if backend != "pycocotools":
+                print(f"  {backend} against pycocotools: {seconds['pycocotools'] / seconds[backend]:.1f}x faster; "
+                      f"all twelve numbers {agreement(stats[backend], stats['pycocotools'])}")
+        print(f"  hotcoco against faster: {seconds['faster'] / seconds['hotcoco']:.1f}x faster; all twelve numbers "
+              f"{agreement(stats['hotcoco'], stats['faster'])}")
+        report = evaluate_report(ann_file, detections, DEFAULT_BACKEND)
+        extra = report["seconds"]
+        print(f"  the report on {DEFAULT_BACKEND}: COCOeval {extra['cocoeval']:.2f} s, per-class table and curves "
+              f"{extra['per_class_and_curves']:.2f} s, error breakdown and confusion "
+              f"{extra['errors_and_confusion']:.2f} s ({len(report['per_class'])} classes)")
+        seconds.update({f"report_{k}": v for k, v in extra.items()})
     seconds.update(time_postprocess(args.batch, args.batches))
     return seconds
+
+
+def agreement(a: dict[str, float], b: dict[str, float]) -> str:
+    """"identical", or how far the twelve numbers are apart: implementations summing precisions in different orders
+    may differ in their last bit or two (~1e-16)."""
+    largest = max(abs(a[k] - b[k]) for k in a)
+    return ("identical" if largest == 0 else f"equal to {largest:.0e} (summation order)" if largest < 1e-12
+            else f"DIFFERENT (by up to {largest:.2e})")
 
 
 def time_postprocess(batch: int, batches: int) -> dict[str, float]:
