@@ -48,6 +48,16 @@ def test_evaluate_gives_the_trainers_figure(trained, synthetic_dataset):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("AP "))
     assert float(line.split()[-1]) == pytest.approx(trainer_ap, abs=5e-5) and trainer_ap > 0
+    # then the per-class table, the error breakdown and the confusion summary, printed and written beside it
+    for heading in ("per class, worst first", "errors (TIDE", "confusion:", f"written to {trained / 'evaluate'}"):
+        assert heading in proc.stdout, heading
+    ours = {r[0]: r for r in (line.split(",") for line in (trained / "evaluate" / "per_class.csv").read_text()
+                                                           .splitlines()[1:])}
+    trainers = {r[0]: r for r in (line.split(",") for line in (trained / "eval" / "epoch_1_per_class.csv").read_text()
+                                                               .splitlines()[1:])}
+    assert ours.keys() == trainers.keys() and all(ours[c][8] == trainers[c][8] for c in ours)  # the same #gt
+    assert all(float(ours[c][2] or 0) == pytest.approx(float(trainers[c][2] or 0), abs=5e-5) for c in ours)
+    assert (trained / "evaluate" / "pr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
@@ -58,6 +68,7 @@ def test_trainer_evaluation_writes_the_report_and_tensorboard_shows_it(trained):
     import json
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
     from tensorboard.util.tensor_util import make_ndarray
 
     from ssd_ds.eval_report import ERROR_TYPES, PR_IOUS, pr_key
@@ -94,6 +105,8 @@ def test_trainer_evaluation_writes_the_report_and_tensorboard_shows_it(trained):
     assert {f"eval/{tag}/text_summary" for tag in ("per_class", "errors", "confusion")} <= set(texts)
     images = events.Images("val/image_0")
     assert images[0].step == step and images[0].width >= 384
+    # `tensorboard --logdir` at the directory of run directories: one run per run directory, named after it
+    assert set(EventMultiplexer().AddRunsFromDirectory(str(trained.parent)).Runs()) == {f"{trained.name}/tensorboard"}
 
 
 @pytest.mark.slow
