@@ -25,7 +25,7 @@ from ssd_ds.inference import infer_detections, inference_ops, load_inference
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    """`python -m ssd_ds.evaluate --checkpoint C --data DIR [--backend faster|hotcoco|pycocotools] [--output DIR]`
+    """`python -m ssd_ds.evaluate --checkpoint C --data DIR [--backend hotcoco|faster|pycocotools] [--output DIR]`
     (one process), or under `deepspeed --num_gpus N --module ssd_ds.evaluate ...` sharded over the ranks: the
     checkpoint's COCO AP on the data set's val split, computed as the trainer computes it (same transform, precision,
     post-processing, COCOeval), then a per-class table (worst first), the AP each kind of error costs (TIDE) and which

@@ -308,7 +308,7 @@ class Evaluation:
             self.metrics.text("eval/failure", f"evaluation of epoch {epoch} failed; training goes on", step)
             return
         if report.get("errors") is not None:
-            self.log_report(report, step)
+            log_eval_report(self.metrics, report, step)
         state.evals[epoch] = stats
         state.best_map = max(state.best_map, stats["AP"])
         self.mlperf.eval_result(epoch, stats["AP"])
@@ -316,21 +316,23 @@ class Evaluation:
         if stats["AP"] >= self.target_map:
             state.success = True
 
-    def log_report(self, report: dict, step: int) -> None:
-        """The report's curves and tables to TensorBoard (a few milliseconds for 80 classes)."""
-        curves = report["pr_curves"]
-        for iou in PR_IOUS:
-            for name, precision in curves[pr_key(iou)].items():
-                self.metrics.pr_curve(f"pr_{pr_key(iou)}/{name}", precision, curves["recall"],
-                                      pr_counts(precision, curves["recall"], curves["num_gt"][name]), step)
-        for tag, text in (("per_class", format_per_class(report["per_class"])),
-                          ("errors", format_errors(report["errors"])),
-                          ("confusion", format_confusion(report["confusion"]))):
-            self.metrics.text(f"eval/{tag}", "    " + text.replace("\n", "\n    "), step)  # indented: Markdown code
-
     def close(self) -> None:
         if self.evaluator is not None:
             self.evaluator.close()
+
+
+def log_eval_report(metrics: MetricsLogger, report: dict, step: int) -> None:
+    """An evaluation report's curves (TensorBoard's PR-curve plugin: `pr_IoU0.50/<class>`, `pr_IoU0.75/<class>`, "all"
+    the mean) and its per-class table, error breakdown and confusion summary as text; computed in the background
+    process, only written here (`python -m ssd_ds.bench eval --run_dir` times it)."""
+    curves = report["pr_curves"]
+    for iou in PR_IOUS:
+        for name, precision in curves[pr_key(iou)].items():
+            metrics.pr_curve(f"pr_{pr_key(iou)}/{name}", precision, curves["recall"],
+                             pr_counts(precision, curves["recall"], curves["num_gt"][name]), step)
+    for tag, text in (("per_class", format_per_class(report["per_class"])), ("errors", format_errors(report["errors"])),
+                      ("confusion", format_confusion(report["confusion"]))):
+        metrics.text(f"eval/{tag}", "    " + text.replace("\n", "\n    "), step)  # indented: Markdown's code block
 
 
 def train(state: RunState, stop: StopAt, train_epoch: Callable[[], None], data: TrainData, evaluation: Evaluation,

@@ -62,7 +62,7 @@ class RunConfig:
     eval_every: int = flag(5, "... and every this many epochs after the last one")
     target_map: float = flag(0.23, "stop when COCO AP reaches this")
     eval_batch: int = flag(64, "images per rank per evaluation batch")
-    coco_eval: str = flag(DEFAULT_BACKEND, "COCOeval backend: faster (faster-coco-eval, C++), hotcoco (Rust) or "
+    coco_eval: str = flag(DEFAULT_BACKEND, "COCOeval backend: hotcoco (Rust), faster (faster-coco-eval, C++) or "
                                            "pycocotools (the reference)")
     workers: int = flag(4, "DataLoader worker processes per rank")
     loader_timeout: float = flag(

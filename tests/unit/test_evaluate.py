@@ -49,8 +49,9 @@ def direct_pycocotools(ann_file, records):
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster", "hotcoco"])
 def test_coco_eval_equals_direct_pycocotools(synthetic_dataset, backend):
-    """Each backend's twelve numbers are pycocotools' own on the same detections (faster-coco-eval, the default, and
-    hotcoco are C++ and Rust implementations of the same algorithm: identical AP is checked here, not assumed)."""
+    """Each backend's twelve numbers are pycocotools' own on the same detections (hotcoco, the default, and
+    faster-coco-eval are Rust and C++ implementations of the same algorithm: identical AP is checked here, not
+    assumed)."""
     ann_file = str(synthetic_dataset / "annotations" / "instances_val2017.json")
     for seed in range(3):
         records, array = fake_detections(ann_file, seed)
