@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run_dir", help="instead: the trainer's evaluation of this run's last evaluated epoch, "
                                           "before the report and with it")
     parser.add_argument("--repeats", type=int, default=5, help="with --run_dir: timings per variant (median)")
+    parser.add_argument("--backend", choices=COCOEVAL_BACKENDS,
+                        help="with --run_dir: this COCOeval backend instead of the run's")
 
 
 def generated_eval_set(out_dir: Path, images: int, detections_per_image: int, seed: int = 0):
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     pycocotools'; the report's additions (per-class table, curves, error breakdown) timed on the default backend;
     then the post-processing, per image and batched. With --run_dir: `time_run_evaluation` instead."""
     if args.run_dir:
-        return time_run_evaluation(Path(args.run_dir), args.repeats)
+        return time_run_evaluation(Path(args.run_dir), args.repeats, getattr(args, "backend", None))
     with tempfile.TemporaryDirectory() as tmp:
         ann_file, detections = generated_eval_set(Path(tmp), args.images, args.detections)
         print(f"COCOeval (bbox) of {len(detections)} detections on {args.images} generated images "
@@ -134,13 +136,13 @@ def time_postprocess(batch: int, batches: int) -> dict[str, float]:
     return results
 
 
-def time_run_evaluation(run_dir: Path, repeats: int) -> dict[str, float]:
+def time_run_evaluation(run_dir: Path, repeats: int, backend: str | None = None) -> dict[str, float]:
     """The trainer's evaluation of a run's last evaluated epoch (its `eval/epoch_<e>.npy` against the val annotations
-    of its config's data set, with its config's backend), median of `repeats`: the background process's work as it
-    was before the report (COCOeval, the result written) and as it is (`evaluate_report`, its JSON and CSV), in this
-    process and as the spawned process the trainer starts (imports included); then what the training process adds:
-    writing the report to TensorBoard, and drawing the validation images (4 at the demo's 128 px, as before with
-    torchvision's `draw_bounding_boxes` and now with `ssd_ds.draw`)."""
+    of its config's data set, with `backend` or else its config's), median of `repeats`: the background process's
+    work as it was before the report (COCOeval, the result written) and as it is (`evaluate_report`, its JSON and
+    CSV), in this process and as the spawned process the trainer starts (imports included); then what the training
+    process adds: writing the report to TensorBoard, and drawing the validation images (4 at the demo's 128 px, as
+    before with torchvision's `draw_bounding_boxes` and now with `ssd_ds.draw`)."""
     from ssd_ds.coco_eval import BackgroundEvaluator, _eval_worker
     from ssd_ds.data.coco import annotation_file
     from ssd_ds.fileio import read_json
@@ -152,7 +154,7 @@ def time_run_evaluation(run_dir: Path, repeats: int) -> dict[str, float]:
     if not epochs:
         raise SystemExit(f"{run_dir / 'eval'}: no evaluated epoch (epoch_<e>.npy)")
     det_file = run_dir / "eval" / f"epoch_{epochs[-1]}.npy"
-    ann_file, backend = str(annotation_file(Path(config["data"]), "val")), config["coco_eval"]
+    ann_file, backend = str(annotation_file(Path(config["data"]), "val")), backend or config["coco_eval"]
     detections = np.load(det_file)
     images = len(read_json(ann_file)["images"])
     print(f"the trainer's evaluation of {det_file} ({len(detections)} detections on {images} images, {backend}), "
