@@ -121,7 +121,7 @@ def pr_counts(precision, recall, num_gt: int) -> dict[str, np.ndarray]:
 def error_breakdown(evaluator, names: dict[int, str], top: int = 10) -> tuple[dict, dict]:
     """(TIDE errors, confusion summary) of a hotcoco COCOeval that has run `evaluate()`.
 
-    Errors: {"dAP": {type: AP50 points gained by fixing it}, "count": {type: n}, "AP50": TIDE's baseline}, types in
+    Errors: {"dAP": {type: the AP50 gained by fixing it}, "count": {type: n}, "AP50": TIDE's baseline}, types in
     `ERROR_TYPES`. Confusion: the `top` most frequent (ground truth, detected as) pairs of different classes among
     the detections scoring >= CONFUSION_MIN_SCORE matched at IoU 0.5 whatever their class, with each class's
     missed boxes and unmatched detections, and the whole matrix (rows: ground-truth class then background;
@@ -158,7 +158,7 @@ def format_per_class(rows: list[dict]) -> str:
 
 
 def format_errors(errors: dict) -> str:
-    """The TIDE breakdown as printed: each error type's dAP (AP50 points) and count."""
+    """The TIDE breakdown as printed: each error type's dAP (the AP50 gained by fixing it, 0-1) and count."""
     lines = [f"  TIDE baseline AP50 {errors['AP50']:.4f}; AP50 gained by fixing each kind of error:"]
     for t in ERROR_TYPES:
         lines.append(f"  {t:5s} {ERROR_NAMES[t]:30s} dAP {errors['dAP'][t]:.4f}  ({errors['count'][t]} errors)")
