@@ -131,8 +131,8 @@ def infer_detections(model, loader, coder: BoxCoder, label_to_category: dict[int
                      autocast_dtype: torch.dtype | None = None, images_to_draw: int = 0, decode=decode_scores,
                      memory_format: torch.memory_format = torch.contiguous_format, pad_to: int | None = None):
     """This rank's detections as an [N, 7] float64 array, the ids of the images it evaluated, the count of skipped
-    images, and up to `images_to_draw` examples `(image [3,S,S] uint8, boxes_ltrb relative, scores, labels)` for
-    TensorBoard. `decode` is the torch or Triton decode+softmax (ssd_ds.device_ops.decode_scores_fn); `pad_to`
+    images, and up to `images_to_draw` examples `(image [3,S,S] uint8, boxes_ltrb relative, scores, labels, image_id)`
+    for TensorBoard. `decode` is the torch or Triton decode+softmax (ssd_ds.device_ops.decode_scores_fn); `pad_to`
     (the loader's batch size) runs every batch at that size (`detect_batch`), for a compiled model."""
     was_training = model.training
     model.eval()
@@ -144,9 +144,9 @@ def infer_detections(model, loader, coder: BoxCoder, label_to_category: dict[int
             continue
         per_image = detect_batch(model, images, coder, device, autocast_dtype, decode, memory_format,
                                  pad_to).per_image()
-        for (boxes, scores, labels), image in zip(per_image, images):
+        for (boxes, scores, labels), image, image_id in zip(per_image, images, image_ids):
             if len(examples) < images_to_draw:
-                examples.append((image.cpu(), boxes.cpu(), scores.cpu(), labels.cpu()))
+                examples.append((image.cpu(), boxes.cpu(), scores.cpu(), labels.cpu(), image_id))
         for r in to_coco_results(per_image, image_ids, sizes, label_to_category):
             detections.append([r["image_id"], *r["bbox"], r["score"], r["category_id"]])
     model.train(was_training)

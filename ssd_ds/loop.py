@@ -20,7 +20,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torchvision.utils import draw_bounding_boxes
 
 from ssd_ds import checkpoint
 from ssd_ds.coco_eval import BackgroundEvaluator
@@ -30,7 +29,9 @@ from ssd_ds.data.device_input import DecodeCounts
 from ssd_ds.data.loaders import DevicePrefetcher, TrainSampler, loader_failure
 from ssd_ds.data.transforms import normalize_images
 from ssd_ds.distributed import agree, gather_to_rank0, parameter_checksums, verify_replicas
+from ssd_ds.draw import draw_validation_image
 from ssd_ds.ds_config import BatchPlan
+from ssd_ds.eval_report import PR_IOUS, format_confusion, format_errors, format_per_class, pr_counts, pr_key
 from ssd_ds.inference import infer_detections, inference_state, save_inference
 from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import MLPerfLogger
@@ -269,7 +270,7 @@ class Evaluation:
     def run(self, state: RunState) -> None:
         """Inference over this rank's shard now (after epoch `state.epoch`); rank 0 submits the gathered detections
         to COCOeval and notes the evaluation as pending in `state`."""
-        epoch = state.epoch
+        epoch, iteration = state.epoch, state.iteration
         self.mlperf.eval_start(epoch)
         setup, to_draw = self.setup, self.images_to_draw if self.rank == 0 else 0
         detections, seen, skipped, examples = infer_detections(
@@ -280,23 +281,33 @@ class Evaluation:
         gathered = gather_to_rank0((detections, seen, skipped))
         if self.rank != 0:
             return
-        self.check_coverage(epoch, [g[1] for g in gathered], sum(g[2] for g in gathered))
+        self.check_coverage(epoch, iteration, [g[1] for g in gathered], sum(g[2] for g in gathered))
         self.evaluator.submit(epoch, np.concatenate([g[0] for g in gathered]))
-        state.evals_pending[epoch] = state.iteration
+        state.evals_pending[epoch] = iteration
+        self.draw(examples, iteration)
+
+    def draw(self, examples: list, iteration: int) -> None:
+        """The validation images with their ground truth and their detections scoring above 0.3 (predict's default
+        --score), to TensorBoard (`ssd_ds.draw`)."""
         names = self.val_set.class_names
-        for i, (image, boxes, scores, labels) in enumerate(examples):
+        records = {rec.image_id: rec for rec in self.val_set.records} if examples else {}
+        for i, (image, boxes, scores, labels, image_id) in enumerate(examples):
             keep = scores > 0.3
             captions = [f"{names[label]} {score:.2f}"
                         for label, score in zip(labels[keep].tolist(), scores[keep].tolist())]
-            self.metrics.image(f"val/image_{i}", draw_bounding_boxes(image, boxes[keep] * image.shape[-1],
-                                                                     labels=captions), epoch)
+            rec = records[image_id]
+            gt_boxes = rec.boxes_ltrb / torch.tensor([rec.width, rec.height, rec.width, rec.height],
+                                                     dtype=rec.boxes_ltrb.dtype)
+            self.metrics.image(f"val/image_{i}", draw_validation_image(
+                image, boxes[keep], captions, labels[keep].tolist(), gt_boxes,
+                [names[label] for label in rec.labels.tolist()]), iteration)
 
-    def check_coverage(self, epoch: int, seen_per_rank: list[list[int]], skipped: int) -> None:
+    def check_coverage(self, epoch: int, iteration: int, seen_per_rank: list[list[int]], skipped: int) -> None:
         """Every validation image evaluated exactly once over all ranks (SPEC section 6), unreadable ones aside."""
         seen = [i for ids in seen_per_rank for i in ids]
         record = {"eval_coverage": epoch, "per_rank": [len(ids) for ids in seen_per_rank], "unique": len(set(seen)),
                   "skipped": skipped, "val_images": len(self.val_set)}
-        self.metrics.log("eval_coverage", record, epoch)
+        self.metrics.log("eval_coverage", record, iteration)
         if len(seen) != len(set(seen)) or len(seen) + skipped != len(self.val_set):
             raise RuntimeError(f"evaluation of epoch {epoch} did not cover the validation set exactly once: {record}")
 
@@ -320,8 +331,8 @@ class Evaluation:
         """Rank 0 picks up finished evaluations (or the given `results`); then one collective (the loop's sync point)
         gives every rank rank 0's "target reached" and whether any rank was asked to stop (returned)."""
         if self.rank == 0:
-            for epoch, stats in (self.evaluator.poll() if results is None else results):
-                self.record(state, epoch, stats)
+            for epoch, report in (self.evaluator.poll() if results is None else results):
+                self.record(state, epoch, report)
         state.success, stop = agree(state.success, stop_requested, self.device)
         return stop
 
@@ -329,12 +340,25 @@ class Evaluation:
         """At the end of the schedule: wait for evaluations still running, they may reach the target."""
         self.poll(state, self.evaluator.wait() if self.rank == 0 else [])
 
-    def record(self, state: RunState, epoch: int, stats: dict | None) -> None:
-        self.metrics.log("eval", {"eval_epoch": epoch, "submitted_at": state.evals_pending.pop(epoch, None),
-                                  "picked_up_at": state.iteration, "stats": stats}, epoch)
+    def record(self, state: RunState, epoch: int, report: dict | None) -> None:
+        """Log a finished evaluation (`ssd_ds.coco_eval.evaluate_report`'s dict, None when it failed) at the iteration
+        of the weights it evaluated: the twelve numbers, per-class AP (`per_class_AP/<class>`), the AP each kind of
+        error costs (`errors_dAP/<type>`), precision-recall curves (`pr_IoU0.50/<class>`, `pr_IoU0.75/...`, "all"
+        for the mean) and the per-class table, the error breakdown and the confusion summary as text. All of it was
+        computed in the background process: here it is only written."""
+        submitted_at = state.evals_pending.pop(epoch, None)
+        step = submitted_at if submitted_at is not None else state.iteration
+        stats = report["stats"] if report is not None else None
+        record = {"eval_epoch": epoch, "submitted_at": submitted_at, "picked_up_at": state.iteration, "stats": stats}
+        if report is not None and report.get("errors") is not None:
+            record["per_class_AP"] = {row["class"]: row["AP"] for row in report["per_class"] if row["AP"] is not None}
+            record["errors_dAP"] = report["errors"]["dAP"]
+        self.metrics.log("eval", record, step, own_groups=("per_class_AP", "errors_dAP"))
         if stats is None:
-            self.metrics.text("eval/failure", f"evaluation of epoch {epoch} failed; training goes on", epoch)
+            self.metrics.text("eval/failure", f"evaluation of epoch {epoch} failed; training goes on", step)
             return
+        if report.get("errors") is not None:
+            log_eval_report(self.metrics, report, step)
         state.evals[epoch] = stats
         state.best_map = max(state.best_map, stats["AP"])
         self.mlperf.eval_result(epoch, stats["AP"])
@@ -345,6 +369,20 @@ class Evaluation:
     def close(self) -> None:
         if self.evaluator is not None:
             self.evaluator.close()
+
+
+def log_eval_report(metrics: MetricsLogger, report: dict, step: int) -> None:
+    """An evaluation report's curves (TensorBoard's PR-curve plugin: `pr_IoU0.50/<class>`, `pr_IoU0.75/<class>`, "all"
+    the mean) and its per-class table, error breakdown and confusion summary as text; computed in the background
+    process, only written here (`python -m ssd_ds.bench eval --run_dir` times it)."""
+    curves = report["pr_curves"]
+    for iou in PR_IOUS:
+        for name, precision in curves[pr_key(iou)].items():
+            metrics.pr_curve(f"pr_{pr_key(iou)}/{name}", precision, curves["recall"],
+                             pr_counts(precision, curves["recall"], curves["num_gt"][name]), step)
+    for tag, text in (("per_class", format_per_class(report["per_class"])), ("errors", format_errors(report["errors"])),
+                      ("confusion", format_confusion(report["confusion"]))):
+        metrics.text(f"eval/{tag}", "    " + text.replace("\n", "\n    "), step)  # indented: Markdown's code block
 
 
 def train(state: RunState, stop: StopAt, train_epoch: Callable[[], None], data: TrainData, evaluation: Evaluation,

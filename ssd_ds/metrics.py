@@ -1,9 +1,12 @@
 """One place every metric of a run goes through: `MetricsLogger.log(group, values, step)`.
 
 Each call writes `values` as one line of `<run_dir>/metrics.jsonl` (flushed, so a killed run keeps every line it
-logged), every number in it (nested dicts flattened with "/") to TensorBoard as `<group>/<name>` at `step`, and for
-the "train" group the progress bar's postfix. Only rank 0 logs; elsewhere every call is a no-op, so callers never
-test the rank.
+logged), every number in it (nested dicts flattened with "/") to TensorBoard as `<group>/<name>` at `step` (a key named
+in `own_groups` is a TensorBoard group of its own: `<key>/<name>`, so that 80 per-class scalars get their own
+section), and for the "train" group the progress bar's postfix. Every group is logged against the training
+iteration, so that TensorBoard lines up AP with the loss. Images, text and precision-recall curves (TensorBoard's
+PR-curve plugin) go to TensorBoard only. Only rank 0 logs; elsewhere every call is a no-op, so callers never test the
+rank.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import sys
 from numbers import Number
 from pathlib import Path
 
-STEP_KEYS = ("iteration", "eval_epoch")  # the step itself, not a metric: kept out of TensorBoard
+STEP_KEYS = ("iteration",)  # the step itself, not a metric: kept out of TensorBoard
 PROGRESS_KEYS = {"epoch": "{}", "loss": "{:.3f}", "lr": "{:.4f}", "images_per_s": "{:.0f}"}  # train postfix
 
 
@@ -47,13 +50,14 @@ class MetricsLogger:
 
             self.progress = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, file=sys.stdout)
 
-    def log(self, group: str, values: dict, step: int) -> None:
+    def log(self, group: str, values: dict, step: int, own_groups: tuple[str, ...] = ()) -> None:
         if not self.enabled:
             return
         self.jsonl.write(json.dumps(values) + "\n")
         self.jsonl.flush()
         for name, value in scalars(values):
-            self.writer.add_scalar(f"{group}/{name}", value, step)
+            tag = name if name.split("/", 1)[0] in own_groups else f"{group}/{name}"
+            self.writer.add_scalar(tag, value, step)
         if group == "train" and self.progress is not None:
             self.progress.update(step - self.progress.n)
             shown = {k: fmt.format(values[k]) for k, fmt in PROGRESS_KEYS.items() if k in values}
@@ -66,6 +70,13 @@ class MetricsLogger:
     def text(self, tag: str, text: str, step: int) -> None:
         if self.enabled:
             self.writer.add_text(tag, text, step)
+
+    def pr_curve(self, tag: str, precision, recall, counts: dict, step: int) -> None:
+        """A precision-recall curve given point by point (TensorBoard's PR-curve plugin, at most 127 points), with
+        the counts its tooltip shows (`counts`: tp, fp, tn, fn arrays as long as the curve)."""
+        if self.enabled:
+            self.writer.add_pr_curve_raw(tag, counts["tp"], counts["fp"], counts["tn"], counts["fn"], precision,
+                                         recall, step, num_thresholds=len(precision))
 
     def close(self) -> None:
         for sink in (self.progress, self.writer, self.jsonl):

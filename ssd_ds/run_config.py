@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
+from ssd_ds.coco_eval import COCOEVAL_BACKENDS, DEFAULT_BACKEND
 from ssd_ds.errors import BadInput
 from ssd_ds.fileio import atomic_write, read_json
 from ssd_ds.model_config import build_model_config
@@ -63,7 +64,8 @@ class RunConfig:
     eval_every: int = flag(5, "... and every this many epochs after the last one")
     target_map: float = flag(0.23, "stop when COCO AP reaches this")
     eval_batch: int = flag(64, "images per rank per evaluation batch")
-    coco_eval: str = flag("faster", "COCOeval backend: faster (faster-coco-eval, C++) or pycocotools (the reference)")
+    coco_eval: str = flag(DEFAULT_BACKEND, "COCOeval backend: hotcoco (Rust), faster (faster-coco-eval, C++) or "
+                                           "pycocotools (the reference)")
     workers: int = flag(4, "DataLoader worker processes per rank")
     loader_timeout: float = flag(
         300.0, "seconds any one training batch may take the workers before the run fails (0: none)")
@@ -174,7 +176,7 @@ def custom() -> RunConfig:
 
 PRESETS = {"mlperf": mlperf, "demo": demo, "custom": custom}
 CHOICES = {"compile": ("auto", "on", "off"), "kernels": ("auto", "torch", "triton"), "input": ("auto", "cpu", "device"),
-           "coco_eval": ("faster", "pycocotools"),
+           "coco_eval": COCOEVAL_BACKENDS,
            "encode_on_device": ("auto", "on", "off"), "warm_up": ("auto", "on", "off"),
            "division": ("closed", "open")}
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

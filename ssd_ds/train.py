@@ -280,7 +280,9 @@ def report_training(state: RunState, rank: int, target_map: float, run_dir: Path
         print(f"run {'reached' if state.success else 'did not reach'} the target AP {target_map}: "
               f"best AP {state.best_map:.4f} after {state.epoch} epochs, {state.iteration} iterations")
         print(f"MLPerf log:  {run_dir / 'mlperf.log'}")
-        print(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+        # the parent: TensorBoard names each run by its directory (`demo/tensorboard`), where the run's own
+        # tensorboard/ would show one run named "."
+        print(f"TensorBoard: tensorboard --logdir {run_dir.parent}  (this run: {run_dir.name}/tensorboard)")
         try:
             print("\n".join(report(run_dir / "mlperf.log")), flush=True)
         except Exception as exc:  # the check is a report: whatever breaks it, the run stands

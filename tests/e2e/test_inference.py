@@ -48,6 +48,65 @@ def test_evaluate_gives_the_trainers_figure(trained, synthetic_dataset):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("AP "))
     assert float(line.split()[-1]) == pytest.approx(trainer_ap, abs=5e-5) and trainer_ap > 0
+    # then the per-class table, the error breakdown and the confusion summary, printed and written beside it
+    for heading in ("per class, worst first", "errors (TIDE", "confusion:", f"written to {trained / 'evaluate'}"):
+        assert heading in proc.stdout, heading
+    ours = {r[0]: r for r in (line.split(",") for line in (trained / "evaluate" / "per_class.csv").read_text()
+                                                           .splitlines()[1:])}
+    trainers = {r[0]: r for r in (line.split(",") for line in (trained / "eval" / "epoch_1_per_class.csv").read_text()
+                                                               .splitlines()[1:])}
+    assert ours.keys() == trainers.keys() and all(ours[c][8] == trainers[c][8] for c in ours)  # the same #gt
+    assert all(float(ours[c][2] or 0) == pytest.approx(float(trainers[c][2] or 0), abs=5e-5) for c in ours)
+    assert (trained / "evaluate" / "pr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_trainer_evaluation_writes_the_report_and_tensorboard_shows_it(trained):
+    """The background evaluation's report and per-class CSV in eval/, and in the TensorBoard event files: every eval
+    group at the iteration of the evaluated weights (on the loss's axis), per-class AP and the errors' dAP as groups
+    of their own, the PR curves equal to the report's (COCOeval's precision), the tables as text, the images."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.util.tensor_util import make_ndarray
+
+    from ssd_ds.eval_report import ERROR_TYPES, PR_IOUS, pr_key
+
+    record = [m for m in metrics(trained) if "eval_epoch" in m][-1]
+    report = json.loads((trained / "eval" / "epoch_1.json").read_text())
+    assert report["stats"] == record["stats"] and report["errors"] is not None
+    csv_lines = (trained / "eval" / "epoch_1_per_class.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in csv_lines[1:]] == [row["class"] for row in report["per_class"]]
+    events = EventAccumulator(str(trained / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
+    events.Reload()
+    step = record["submitted_at"]
+    assert step == max(e.step for e in events.Scalars("train/loss"))  # evaluated at the epoch's last iteration
+    assert [(e.step, e.value) for e in events.Scalars("eval/stats/AP")] == [(step, pytest.approx(
+        record["stats"]["AP"], rel=1e-6))]
+    assert [e.value for e in events.Scalars("eval/eval_epoch")] == [1]
+    per_class = {row["class"]: row["AP"] for row in report["per_class"] if row["AP"] is not None}
+    assert per_class
+    for name, ap in per_class.items():
+        assert [(e.step, e.value) for e in events.Scalars(f"per_class_AP/{name}")] == [(step, pytest.approx(ap))]
+    for kind in ERROR_TYPES:
+        assert events.Scalars(f"errors_dAP/{kind}")[0].value == pytest.approx(report["errors"]["dAP"][kind])
+    pr_tags = events.PluginTagToContent("pr_curves")
+    for iou in PR_IOUS:
+        curves = report["pr_curves"][pr_key(iou)]
+        assert set(pr_tags) >= {f"pr_{pr_key(iou)}/{name}" for name in curves} and "all" in curves
+        for name, precision in curves.items():
+            (event,) = events.Tensors(f"pr_{pr_key(iou)}/{name}")
+            data = make_ndarray(event.tensor_proto)  # rows: tp, fp, tn, fn, precision, recall
+            assert event.step == step and data.shape == (6, 101)
+            assert data[4] == pytest.approx(precision, abs=1e-6)
+            assert data[5] == pytest.approx(report["pr_curves"]["recall"], abs=1e-6)
+    texts = events.PluginTagToContent("text")
+    assert {f"eval/{tag}/text_summary" for tag in ("per_class", "errors", "confusion")} <= set(texts)
+    images = events.Images("val/image_0")
+    assert images[0].step == step and images[0].width >= 384
+    # `tensorboard --logdir` at the directory of run directories: one run per run directory, named after it
+    assert set(EventMultiplexer().AddRunsFromDirectory(str(trained.parent)).Runs()) == {f"{trained.name}/tensorboard"}
 
 
 @pytest.mark.slow

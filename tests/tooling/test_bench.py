@@ -62,3 +62,27 @@ def test_bench_train_times_the_trainers_configuration_with_one_static_graph_per_
         assert (rate - 0.05) / (base + 0.05) - 0.005 <= ratio <= (rate + 0.05) / (base - 0.05) + 0.005, proc.stdout
         # one graph at each micro-batch, static: the second is compiled afresh, not retraced with a dynamic batch
         assert trainer[5] == "1 graph compiled, static", proc.stdout
+
+
+def test_bench_eval_times_a_runs_evaluation_before_and_with_the_report(synthetic_dataset, tmp_path, capsys):
+    """`bench eval --run_dir` on a run's last evaluated epoch: the background work before the report and with it, the
+    spawned process, writing the report to TensorBoard, and drawing the validation images, each timed."""
+    import argparse
+
+    import numpy as np
+
+    from ssd_ds.bench import eval as bench_eval
+    from tests.unit.test_evaluate import fake_detections
+
+    run_dir = tmp_path / "run"
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"data": str(synthetic_dataset), "coco_eval": "hotcoco"}))
+    _, detections = fake_detections(str(synthetic_dataset / "annotations" / "instances_val2017.json"))
+    np.save(run_dir / "eval" / "epoch_1.npy", detections[:5])
+    np.save(run_dir / "eval" / "epoch_3.npy", detections)  # the last evaluated epoch is the one timed
+    timings = bench_eval.run(argparse.Namespace(run_dir=str(run_dir), repeats=1))
+    out = capsys.readouterr().out
+    assert f"of {run_dir / 'eval' / 'epoch_3.npy'} ({len(detections)} detections on 16 images, hotcoco)" in out
+    assert set(timings) == {"before", "after", "spawned_after", "tensorboard", "draw_before", "draw_after"}
+    assert all(v > 0 for v in timings.values())
+    assert "the report to TensorBoard" in out and "(6 classes, 14 curves)" in out

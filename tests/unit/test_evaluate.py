@@ -47,10 +47,11 @@ def direct_pycocotools(ann_file, records):
     return evaluator.stats
 
 
-@pytest.mark.parametrize("backend", ["pycocotools", "faster"])
+@pytest.mark.parametrize("backend", ["pycocotools", "faster", "hotcoco"])
 def test_coco_eval_equals_direct_pycocotools(synthetic_dataset, backend):
-    """Each backend's twelve numbers are pycocotools' own on the same detections (faster-coco-eval, the default,
-    is a C++ implementation of the same algorithm: identical AP is checked here, not assumed)."""
+    """Each backend's twelve numbers are pycocotools' own on the same detections (hotcoco, the default, and
+    faster-coco-eval are Rust and C++ implementations of the same algorithm: identical AP is checked here, not
+    assumed)."""
     ann_file = str(synthetic_dataset / "annotations" / "instances_val2017.json")
     for seed in range(3):
         records, array = fake_detections(ann_file, seed)
@@ -72,7 +73,9 @@ def test_background_evaluator_survives_a_killed_worker(synthetic_dataset, tmp_pa
     assert evaluator.wait(timeout=60) == [(1, None)]
     evaluator.submit(2, array)
     results = evaluator.wait(timeout=120)
-    assert results[0][0] == 2 and results[0][1]["AP"] == pytest.approx(coco_eval(str(ann_file), array)["AP"])
+    assert results[0][0] == 2 and results[0][1]["stats"]["AP"] == pytest.approx(coco_eval(str(ann_file), array)["AP"])
+    csv_classes = [line.split(",")[0] for line in (tmp_path / "epoch_2_per_class.csv").read_text().splitlines()[1:]]
+    assert csv_classes == [row["class"] for row in results[0][1]["per_class"]] and len(csv_classes) == 6
     evaluator.close()
 
 

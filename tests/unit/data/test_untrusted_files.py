@@ -120,7 +120,7 @@ def test_an_annotation_file_with_a_byte_order_mark_is_read(dataset_copy):
     assert [r.path for r in bom.records] == [r.path for r in plain.records]
 
 
-@pytest.mark.parametrize("backend", ["faster", "pycocotools"])
+@pytest.mark.parametrize("backend", ["hotcoco", "faster", "pycocotools"])
 def test_evaluation_reads_an_annotation_file_with_a_byte_order_mark(synthetic_dataset, tmp_path, backend):
     ann_file = synthetic_dataset / "annotations" / "instances_val2017.json"
     bom = with_bom(shutil.copyfile(ann_file, tmp_path / ann_file.name))
