@@ -26,13 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ssd_ds.cocoeval_backends import COCOEVAL_BACKENDS, DEFAULT_BACKEND
 from ssd_ds.fileio import atomic_open, atomic_write, read_json
 
 log = logging.getLogger(__name__)
-
-
-COCOEVAL_BACKENDS = ("faster", "hotcoco", "pycocotools")
-DEFAULT_BACKEND = "hotcoco"  # faster than faster-coco-eval, and bit-identical to pycocotools (BENCHMARKS.md)
 
 
 def run_cocoeval(gt_dataset: dict, detections: np.ndarray, backend: str = DEFAULT_BACKEND):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
-from ssd_ds.coco_eval import COCOEVAL_BACKENDS, DEFAULT_BACKEND
+from ssd_ds.cocoeval_backends import COCOEVAL_BACKENDS, DEFAULT_BACKEND
 from ssd_ds.errors import BadInput
 from ssd_ds.fileio import atomic_write, read_json
 from ssd_ds.model_config import build_model_config
