@@ -15,11 +15,15 @@ with PREEMPTED_EXIT anyway; `latest` then still names the last complete checkpoi
 complete.
 
 A scheduler signals every process of a job step, loader workers and COCOeval processes included: they ignore the
-stop signals (`ignore_signals`), since one of them killed would fail the run the trainer is stopping cleanly.
+stop signals (`ignore_signals`), since one of them killed would fail the run the trainer is stopping cleanly. So the
+trainer's exit kills them (`kill_children_at_exit`): the SIGTERM multiprocessing would end them with is ignored.
 """
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # registers multiprocessing's exit hook before ours (hooks run last-registered first)
 import os
 import signal
 import threading
@@ -48,6 +52,23 @@ def ignore_signals(numbers: tuple[int, ...], worker_id: int | None = None) -> No
     `worker_init_fn`, which is given the worker's id)."""
     for number in numbers:
         signal.signal(number, signal.SIG_IGN)
+
+
+def kill_children_at_exit() -> None:
+    """Make the trainer's exit kill its daemonic children (loader workers, COCOeval processes) rather than wait.
+
+    They ignore the stop signals, SIGTERM among them, and SIGTERM is how multiprocessing ends daemonic children when
+    the interpreter exits (its exit hook terminates them, then joins them): a trainer that exits while a DataLoader
+    iterator is still alive would wait for its workers forever. Registered after multiprocessing's own hook, this one
+    runs first and sends SIGKILL, which nothing ignores; what the children were doing was being ended anyway."""
+    atexit.register(_kill_daemonic_children)
+
+
+def _kill_daemonic_children() -> None:
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(5)
 
 
 class StopSignals:

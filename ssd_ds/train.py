@@ -46,7 +46,7 @@ from ssd_ds.metrics import MetricsLogger
 from ssd_ds.mlperf_log import open_run_log, report
 from ssd_ds.model import build_model
 from ssd_ds.model_config import build_model_config
-from ssd_ds.preemption import PREEMPTED_EXIT, StopSignals, ignore_signals
+from ssd_ds.preemption import PREEMPTED_EXIT, StopSignals, ignore_signals, kill_children_at_exit
 from ssd_ds.rng import set_rng_state
 from ssd_ds.run_config import RunConfig, config_from_args
 from ssd_ds.run_dir import open_run_dir
@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> RunState | int:
     # workers and COCOeval processes ignore them. An evaluation-only run keeps the signals' default actions.
     signals = None if cfg.eval_only else StopSignals(cfg.stop_signals, cfg.stop_timeout).install()
     in_children = functools.partial(ignore_signals, signals.numbers if signals else ())
+    if signals is not None:
+        kill_children_at_exit()  # children deaf to SIGTERM are killed at exit, not waited for
 
     # Run directory and logs. An evaluation-only run is no MLPerf run: it writes no MLPerf log.
     run_dir, resume_from = open_run_dir(cfg, rank)

@@ -17,7 +17,7 @@ from ssd_ds.errors import BadInput
 from ssd_ds.mlperf_log import MLPerfLogger, join_segments, log_records, segment_time
 from ssd_ds.preemption import PREEMPTED_EXIT, StopSignals, signal_number
 from ssd_ds.train import check_resume_batch
-from tests.helpers import REPO
+from tests.helpers import REPO, env
 
 
 def test_signal_names():
@@ -134,3 +134,35 @@ def test_a_stopped_segment_and_its_continuation_join_into_one_log(tmp_path):
         "init_start", "submission_benchmark", "submission_org", "submission_division", "submission_status",
         "submission_platform", "cache_clear", "run_start", "epoch_start", "block_start", "epoch_stop", "eval_start",
         "eval_accuracy", "eval_stop", "run_stop"]
+
+
+CHILD_DEAF_TO_SIGTERM = """
+import multiprocessing as mp, signal, sys, time
+from ssd_ds.preemption import ignore_signals, kill_children_at_exit
+
+def child():
+    ignore_signals((signal.SIGTERM, signal.SIGUSR1))
+    time.sleep(20)
+
+if __name__ == "__main__":
+    if sys.argv[1] == "kill":
+        kill_children_at_exit()
+    mp.get_context("fork").Process(target=child, daemon=True).start()
+    time.sleep(0.5)
+"""
+
+
+@pytest.mark.parametrize("kill", [True, False])
+def test_the_trainer_exits_although_its_children_ignore_sigterm(kill, tmp_path):
+    """A daemonic child that ignores SIGTERM (a loader worker of a trainer with stop signals) would hang the exit:
+    multiprocessing's exit hook terminates daemonic children with SIGTERM, then joins them. kill_children_at_exit
+    kills them first; without it the exit waits (shown by the timeout)."""
+    script = tmp_path / "deaf_child.py"
+    script.write_text(CHILD_DEAF_TO_SIGTERM)
+    cmd = [sys.executable, str(script), "kill" if kill else "wait"]
+    if kill:
+        proc = subprocess.run(cmd, env=env(), timeout=30, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    else:
+        with pytest.raises(subprocess.TimeoutExpired):
+            subprocess.run(cmd, env=env(), timeout=5, capture_output=True)
