@@ -65,10 +65,14 @@ def kill_children_at_exit() -> None:
 
 
 def _kill_daemonic_children() -> None:
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
-            child.join(5)
+    # torch's SIGCHLD handler raises when a DataLoader worker dies, which would cut this loop short at the first
+    # child and leave the next one to a join that never ends: at exit, no child's death is news.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(5)
 
 
 class StopSignals:
