@@ -33,7 +33,8 @@ CARRIED_WHEELS=(
   typing-inspection==0.4.5   # pydantic
   typing-extensions==4.16.0  # in the image, version unknown; pydantic and pydantic-core need >= 4.16.0
   pycocotools==2.0.11        # ssd_ds.evaluate, ssd_ds.data.shapes, tests
-  faster-coco-eval==1.8.0    # ssd_ds.evaluate (the default COCOeval; needs numpy: in the image)
+  faster-coco-eval==1.8.0    # ssd_ds.coco_eval (--coco_eval faster; needs numpy: in the image)
+  hotcoco==1.3.0             # ssd_ds.coco_eval (the default COCOeval and the error breakdown; needs numpy)
   mlperf-logging==4.1.68     # ssd_ds.mlperf_log, ssd_ds.train (needs pandas, pyyaml, numpy, scipy: in the image)
 )
 # <<< carried-wheels
