@@ -50,8 +50,28 @@ class ResNetTrunk(nn.Module):
         self.out_channels = w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer3(self.layer2(self.layer1(x)))
+        return self.stages(x)[1]
+
+    def stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(layer1's output at stride 4, layer3's at stride 8)."""
+        c1 = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        return c1, self.layer3(self.layer2(c1))
+
+
+class Stride4Level(nn.Module):
+    """A stride-4 feature level for small objects: layer1's output plus the trunk's output upsampled 2x (each through
+    a 1x1 conv to `width` channels, as in a feature pyramid's top-down step), then conv3x3 -> BatchNorm -> ReLU."""
+
+    def __init__(self, c1: int, c3: int, width: int):
+        super().__init__()
+        self.lateral = nn.Conv2d(c1, width, kernel_size=1)
+        self.top_down = nn.Conv2d(c3, width, kernel_size=1)
+        self.smooth = nn.Sequential(nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False),
+                                    nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+
+    def forward(self, c1: torch.Tensor, c3: torch.Tensor) -> torch.Tensor:
+        up = nn.functional.interpolate(self.top_down(c3), scale_factor=2.0, mode="nearest")
+        return self.smooth(self.lateral(c1) + up)
 
 
 def _extra(in_ch: int, mid: int, out: int, stride: int, padding: int, norm: bool = False) -> nn.Sequential:
@@ -75,6 +95,10 @@ class SSD(nn.Module):
         self.num_classes = cfg.num_classes
         self.backbone = ResNetTrunk(cfg)
         channels = [self.backbone.out_channels]
+        self.stride4 = None
+        if cfg.stride4_width:
+            self.stride4 = Stride4Level(cfg.widths[0], cfg.widths[2], cfg.stride4_width)
+            channels.insert(0, cfg.stride4_width)
         extras = []
         for block in cfg.extras:
             extras.append(_extra(channels[-1], block.mid, block.out, block.stride, block.padding, cfg.extra_norm))
@@ -89,15 +113,21 @@ class SSD(nn.Module):
 
     def _init_weights(self) -> None:
         # SPEC section 1: xavier_uniform on every weight with dim > 1 outside the backbone; biases keep defaults.
-        for module in (self.extras, self.loc, self.conf):
+        for module in (self.extras, self.loc, self.conf, self.stride4):
+            if module is None:
+                continue
             for p in module.parameters():
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images [B,3,S,S] -> locs [B,A,4], logits [B,A,C]."""
-        x = self.backbone(images)
-        features = [x]
+        if self.stride4 is None:
+            x = self.backbone(images)
+            features = [x]
+        else:
+            c1, x = self.backbone.stages(images)
+            features = [self.stride4(c1, x), x]
         for block in self.extras:
             x = block(x)
             features.append(x)

@@ -39,8 +39,8 @@ class RunConfig:
     """Everything a run needs besides the DeepSpeed JSON; saved resolved in the run directory."""
 
     preset: str = flag("demo", "name of the preset these values started from")
-    model: str = flag("cpu_small",
-                      "model preset: mlperf (SSD300, ResNet-34), cpu_small or cpu_160 (ssd_ds.model_config)")
+    model: str = flag("cpu_small", "model preset: mlperf (SSD300, ResNet-34), cpu_small, cpu_160 or cpu_160_s4 "
+                                   "(ssd_ds.model_config)")
     anchor_scales: tuple[float, ...] | None = flag(
         None, "default-box scales in pixels of the input, one more than the model's levels, replacing the preset's "
               "(python -m ssd_ds.data.check --fit proposes them; not for mlperf); none: the preset's")
@@ -152,16 +152,17 @@ def demo() -> RunConfig:
 
 
 def custom() -> RunConfig:
-    """One's own COCO-laid-out data set of a few thousand images on a CPU machine (give --data): the cpu_160 model
-    (160x160 input, BatchNorm in the extras), micro-batch 16 (twice the optimizer steps of the demo's 32 at the same
-    images/s), bf16 autocast, and a schedule of about 10 minutes for 2,000 images on 2 cores. Each choice was
-    measured against the demo preset on hard synthetic sets (BENCHMARKS.md, "Your own data"). No target: it trains
-    every epoch and keeps the last weights; `python -m ssd_ds.data.check --model cpu_160 --fit` tells whether the
-    default boxes fit the data (--anchor_scales)."""
+    """One's own COCO-laid-out data set of a few thousand images on a CPU machine (give --data): the cpu_160_s4 model
+    (160x160 input, BatchNorm in the extras, a stride-4 level for small objects), micro-batch 16 (twice the optimizer
+    steps of the demo's 32 at the same images/s), bf16 autocast, and 21 epochs: about 10 minutes for 2,000 images on
+    2 cores at the speed this machine measured on 2026-12-07 (BENCHMARKS.md, "Your own data", has slower days too).
+    Each choice was measured against the demo preset on hard synthetic sets. No target: it trains every epoch and
+    keeps the last weights; `python -m ssd_ds.data.check --model cpu_160_s4 --fit` tells whether the default boxes
+    fit the data (--anchor_scales)."""
     return replace(
         demo(),
         preset="custom",
-        model="cpu_160",
+        model="cpu_160_s4",
         data="data/custom",
         synthetic=False,
         deepspeed_config="ds_configs/cpu_bf16_16.json",

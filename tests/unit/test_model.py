@@ -60,7 +60,7 @@ def test_cpu_preset_is_same_family_and_small():
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
 
 
-@pytest.mark.parametrize("preset", ["cpu_small", "cpu_160"])
+@pytest.mark.parametrize("preset", ["cpu_small", "cpu_160", "cpu_160_s4"])
 def test_gradients_reach_every_parameter(preset):
     cfg = build_model_config(preset, num_classes=4)
     model = build_model(cfg)
@@ -114,3 +114,31 @@ def test_cpu_160_has_its_feature_maps_and_normalised_extras():
     assert locs.shape == (2, 2420, 4) and logits.shape == (2, 2420, 5)
     # The SPEC's extras stay as they were: conv(bias) -> ReLU, twice, the same state-dict keys.
     assert [type(m) for m in build_model(cpu_small()).extras[0]] == [nn.Conv2d, nn.ReLU] * 2
+
+
+def test_stride4_level_adds_a_finer_first_level_and_leaves_the_rest():
+    cfg = build_model_config("cpu_160_s4", num_classes=5)
+    base = build_model_config("cpu_160", num_classes=5)
+    assert cfg.anchors.feat_sizes == (40,) + base.anchors.feat_sizes
+    assert cfg.anchors.steps[0] == 4 and cfg.anchors.aspect_ratios[0] == ()  # two square boxes per cell
+    assert cfg.anchors.num_anchors == 2 * 40 * 40 + base.anchors.num_anchors == 5620
+    assert cfg.anchors.scales[0] < base.anchors.scales[0] and cfg.anchors.scales[1:] == base.anchors.scales
+    model = build_model(cfg)
+    locs, logits = model(torch.randn(2, 3, 160, 160))
+    assert locs.shape == (2, 5620, 4) and logits.shape == (2, 5620, 5)
+    # The level's outputs come first, in the reference layout: anchor d*H*W + i*W + j of level 0.
+    captured = {}
+    model.eval().conf[0].register_forward_hook(lambda m, i, o: captured.__setitem__("conf0", o))
+    with torch.no_grad():
+        _, logits = model(torch.randn(1, 3, 160, 160))
+    d, i, j, c = 1, 30, 7, 3
+    assert logits[0, d * 1600 + i * 40 + j, c] == captured["conf0"][0, c * 2 + d, i, j]
+    # Models without it keep their modules and state-dict keys.
+    assert not any(k.startswith("stride4.") for k in build_model(base).state_dict())
+
+
+def test_stride4_level_needs_an_input_side_divisible_by_8():
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="divisible by 8"):
+        replace(build_model_config("cpu_160_s4"), input_size=156, anchors=None)

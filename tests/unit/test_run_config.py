@@ -109,7 +109,7 @@ def test_every_system_config_has_its_launch_settings_and_the_mlperf_preset_is_th
 
 def test_the_custom_preset_is_the_measured_one_for_ones_own_data(tmp_path, monkeypatch):
     cfg = config_from_args(["--preset", "custom", "--data", str(tmp_path)])
-    assert (cfg.model, cfg.synthetic, cfg.data) == ("cpu_160", False, str(tmp_path))
+    assert (cfg.model, cfg.synthetic, cfg.data) == ("cpu_160_s4", False, str(tmp_path))
     engine = ds_config.load(str(REPO / cfg.deepspeed_config), world_size=1)
     assert (engine.plan.micro_batch, engine.plan.accumulation, engine.autocast_dtype) == (16, 1, torch.bfloat16)
     # it decays before its last epoch, and evaluates where each decay starts (the curve in BENCHMARKS.md)
