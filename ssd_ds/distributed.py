@@ -83,7 +83,28 @@ def init_distributed(timeout: float) -> tuple[int, int, torch.device]:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank)
+    unlink_shm_buffer(dist.get_rank(), dist.get_world_size())
     return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def shm_buffer_name(rank: int) -> str:
+    """The name DeepSpeed's CPU collective (its deepspeed_shm_comm op) gives rank `rank`'s buffer in shared memory."""
+    return (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+
+
+def unlink_shm_buffer(rank: int, world: int) -> None:
+    """Remove this rank's name of DeepSpeed's shared-memory buffer, which DeepSpeed never removes: every multi-rank
+    CPU run left a 69 MB file per rank in /dev/shm (memory, not disk) until the machine restarted. The buffers are
+    made and mapped by every rank inside init_distributed (each rank waits there until it has mapped all the
+    others'), so after a barrier no rank opens one by name again; the mappings live on until the processes exit.
+    (DeepSpeed makes them only when its launcher says all ranks are on this node, one rank included.)"""
+    if world > 1:
+        dist.barrier()
+    (SHM_DIR / shm_buffer_name(rank)).unlink(missing_ok=True)
 
 
 def _world() -> int:

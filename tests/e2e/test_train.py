@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,10 +87,14 @@ def test_fp16_blocks_and_batch_mismatch_are_clear_errors(synthetic_dataset, tmp_
 
 
 def deepspeed_run(args, num_gpus=2):
-    proc = subprocess.run(["deepspeed", "--num_gpus", str(num_gpus), "--master_port", str(free_port()), "--module",
+    port = free_port()
+    proc = subprocess.run(["deepspeed", "--num_gpus", str(num_gpus), "--master_port", str(port), "--module",
                            "ssd_ds.train", *args], cwd=REPO, env=env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    # DeepSpeed's CPU collective made a shared-memory buffer per rank (the launcher tells it the ranks are local),
+    # and the run removed their names: nothing of it is left in /dev/shm.
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     return proc
 
 
