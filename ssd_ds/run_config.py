@@ -154,11 +154,10 @@ def demo() -> RunConfig:
 def custom() -> RunConfig:
     """One's own COCO-laid-out data set of a few thousand images on a CPU machine (give --data): the cpu_160_s4 model
     (160x160 input, BatchNorm in the extras, a stride-4 level for small objects), micro-batch 16 (twice the optimizer
-    steps of the demo's 32 at the same images/s), bf16 autocast, and 21 epochs: about 10 minutes for 2,000 images on
-    2 cores at the speed this machine measured on 2026-12-07 (BENCHMARKS.md, "Your own data", has slower days too).
-    Each choice was measured against the demo preset on hard synthetic sets. No target: it trains every epoch and
-    keeps the last weights; `python -m ssd_ds.data.check --model cpu_160_s4 --fit` tells whether the default boxes
-    fit the data (--anchor_scales)."""
+    steps of the demo's 32 at the same images/s), bf16 autocast, and 25 epochs: 9.5-10 minutes for 2,000 images on
+    2 cores (BENCHMARKS.md, "Your own data"). Each choice was measured against the demo preset on hard synthetic sets.
+    No target: it trains every epoch and keeps the last weights; `python -m ssd_ds.data.check --model cpu_160_s4 --fit`
+    tells whether the default boxes fit the data (--anchor_scales)."""
     return replace(
         demo(),
         preset="custom",
@@ -167,10 +166,10 @@ def custom() -> RunConfig:
         synthetic=False,
         deepspeed_config="ds_configs/cpu_bf16_16.json",
         run_dir="runs/custom",
-        epochs=21,
-        decay_epochs=(15, 19),
-        eval_epochs=(15, 19),
-        eval_every=21,
+        epochs=25,
+        decay_epochs=(18, 23),
+        eval_epochs=(18, 23),
+        eval_every=25,
         target_map=1.0,
     )
 
