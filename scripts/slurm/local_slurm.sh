@@ -7,8 +7,9 @@
 #   export SLURM_CONF=$SLURM_DIR/slurm.conf    # then sbatch, squeue, scontrol use it
 #   scripts/slurm/local_slurm.sh stop
 #
-# SLURM_DIR defaults to /tmp/ssd_ds_slurm. `start` waits until the node is idle and exits non-zero, saying why,
-# when it cannot get there (no root, a daemon that does not start).
+# SLURM_DIR defaults to /tmp/ssd_ds_slurm. `start` stops a Slurm it started before (and waits until it is gone),
+# begins with an empty job state and waits until the node is idle; it exits non-zero, saying why, when it cannot get
+# there (no root, a daemon that does not start).
 set -euo pipefail
 
 SLURM_DIR=${SLURM_DIR:-/tmp/ssd_ds_slurm}
@@ -33,6 +34,8 @@ start() {
   done
   host=$(hostname -s)
   stop 2>/dev/null || true
+  # A fresh cluster each start: jobs left in the saved state by an earlier run would be recovered and take the node.
+  rm -rf "$SLURM_DIR"/{state,spool}
   mkdir -p "$SLURM_DIR"/{state,spool,log} /run/munge
   cat > "$CONF" <<CONF
 ClusterName=ssdds
@@ -80,13 +83,44 @@ CONF
   die "the node did not become idle in 30 s: $(sinfo -h 2>&1 | head -n 3); $(tail -n 5 "$SLURM_DIR/log/slurmd.log" 2>/dev/null)"
 }
 
-stop() {
-  for pidfile in "$SLURM_DIR/slurmd.pid" "$SLURM_DIR/slurmctld.pid"; do
-    if [ -f "$pidfile" ]; then
-      kill "$(cat "$pidfile")" 2>/dev/null || true
-      rm -f "$pidfile"
-    fi
+running() {  # a process that exists and is not a zombie (nothing may reap a daemon here)
+  local state
+  state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [[ $state != Z* ]]
+}
+
+steps() {  # this Slurm's job steps: slurmstepd processes started by its slurmd (their directory is in $SLURM_DIR)
+  local pid
+  for pid in $(pgrep -x slurmstepd); do
+    [[ $(readlink "/proc/$pid/cwd" 2>/dev/null) == "$SLURM_DIR"* ]] && echo "$pid"
   done
+  return 0
+}
+
+stop() {
+  local pids=() pid
+  # Cancel the jobs first and let their steps end: a step left behind outlives slurmd, and a later Slurm that
+  # hands out its job id again cannot launch that job.
+  if [ -f "$CONF" ] && SLURM_CONF=$CONF scancel --user "$(id -un)" 2>/dev/null; then
+    for _ in $(seq 40); do
+      [ -z "$(steps)" ] && break
+      sleep 0.5
+    done
+  fi
+  # The daemons started with this slurm.conf (their pid files can name a newer one that failed to start).
+  for pid in $(pgrep -x -f "slurm(ctld|d) -f $CONF"); do
+    kill "$pid" 2>/dev/null && pids+=("$pid")
+  done
+  rm -f "$SLURM_DIR/slurmd.pid" "$SLURM_DIR/slurmctld.pid"
+  # Wait until they are gone: a daemon still shutting down holds its port, and a start right after would fail
+  # ("Address already in use") or leave two of them.
+  for _ in $(seq 60); do
+    for pid in "${pids[@]}"; do
+      running "$pid" && { sleep 0.5; continue 2; }
+    done
+    break
+  done
+  for pid in "${pids[@]}" $(steps); do kill -9 "$pid" 2>/dev/null || true; done
 }
 
 case "${1:-}" in

@@ -2,6 +2,7 @@
 a job signalled ahead of its time limit stops with a checkpoint, requeues itself and finishes; a job that succeeds
 or fails is not requeued. Skipped, saying why, where Slurm cannot start (not root, not installed)."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -23,13 +24,18 @@ SLURM_DIR = Path("/tmp/ssd_ds_slurm")
 def slurm():
     if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
         pytest.skip("Slurm is not installed (scripts/slurm/local_slurm.sh install; CI does)")
-    started = subprocess.run(["scripts/slurm/local_slurm.sh", "start", "2"], cwd=REPO, capture_output=True, text=True,
-                             env=dict(os.environ, SLURM_DIR=str(SLURM_DIR)), timeout=120)
-    if started.returncode != 0:
-        pytest.skip(f"Slurm did not start: {(started.stderr or started.stdout).strip()}")
-    yield str(SLURM_DIR / "slurm.conf")
-    subprocess.run(["scripts/slurm/local_slurm.sh", "stop"], cwd=REPO, env=dict(os.environ, SLURM_DIR=str(SLURM_DIR)),
-                   capture_output=True)
+    # There is one Slurm on this machine (fixed ports, one state directory), and xdist may hand this module's tests to
+    # several workers: each worker holds the lock from start to stop, so none restarts or stops the daemons under
+    # another's running job (that job ended FAILED, or hung in COMPLETING). The others wait here.
+    environ = dict(os.environ, SLURM_DIR=str(SLURM_DIR))
+    with open(f"{SLURM_DIR}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        started = subprocess.run(["scripts/slurm/local_slurm.sh", "start", "2"], cwd=REPO, capture_output=True,
+                                 text=True, env=environ, timeout=120)
+        if started.returncode != 0:
+            pytest.skip(f"Slurm did not start: {(started.stderr or started.stdout).strip()}")
+        yield str(SLURM_DIR / "slurm.conf")
+        subprocess.run(["scripts/slurm/local_slurm.sh", "stop"], cwd=REPO, env=environ, capture_output=True)
 
 
 def job_env(conf, data, logdir, system):
