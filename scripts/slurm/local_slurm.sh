@@ -83,10 +83,12 @@ CONF
   die "the node did not become idle in 30 s: $(sinfo -h 2>&1 | head -n 3); $(tail -n 5 "$SLURM_DIR/log/slurmd.log" 2>/dev/null)"
 }
 
-running() {  # a process that exists and is not a zombie (nothing may reap a daemon here)
-  local state
-  state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-  [[ $state != Z* ]]
+alive() {  # those of the given pids that still run (zombies do not: nothing may reap a daemon here)
+  local pid
+  for pid; do
+    [[ $(ps -o stat= -p "$pid" 2>/dev/null) == [^Z]* ]] && echo "$pid"
+  done
+  return 0
 }
 
 steps() {  # this Slurm's job steps: slurmstepd processes started by its slurmd (their directory is in $SLURM_DIR)
@@ -97,30 +99,46 @@ steps() {  # this Slurm's job steps: slurmstepd processes started by its slurmd 
   return 0
 }
 
+with_children() {  # the given pids and all their descendants
+  local pid
+  for pid; do
+    echo "$pid"
+    # shellcheck disable=SC2046
+    with_children $(pgrep -P "$pid")
+  done
+}
+
+gone_within() {  # gone_within SECONDS COMMAND...: wait until COMMAND prints nothing; fails after SECONDS
+  local tries=$(($1 * 2))
+  shift
+  for _ in $(seq "$tries"); do
+    [ -z "$("$@")" ] && return 0
+    sleep 0.5
+  done
+  return 1
+}
+
 stop() {
-  local pids=() pid
+  local pids
   # Cancel the jobs first and let their steps end: a step left behind outlives slurmd, and a later Slurm that
   # hands out its job id again cannot launch that job.
-  if [ -f "$CONF" ] && SLURM_CONF=$CONF scancel --user "$(id -un)" 2>/dev/null; then
-    for _ in $(seq 40); do
-      [ -z "$(steps)" ] && break
-      sleep 0.5
-    done
+  # (Only with its controller up: scancel waits about 18 s for one that is not.)
+  if pgrep -x -f "slurmctld -f $CONF" >/dev/null && SLURM_CONF=$CONF scancel --user "$(id -un)" 2>/dev/null; then
+    gone_within 20 steps || true
   fi
-  # The daemons started with this slurm.conf (their pid files can name a newer one that failed to start).
-  for pid in $(pgrep -x -f "slurm(ctld|d) -f $CONF"); do
-    kill "$pid" 2>/dev/null && pids+=("$pid")
-  done
+  # The daemons started with this slurm.conf (their pid files can name a newer one that failed to start). Wait until
+  # they are gone: a daemon still shutting down holds its port, and a start right after would fail ("Address already
+  # in use") or leave two of them.
+  pids=$(pgrep -x -f "slurm(ctld|d) -f $CONF" || true)
+  # shellcheck disable=SC2086  # $pids: one pid a word
+  if [ -n "$pids" ]; then
+    kill $pids 2>/dev/null || true
+    gone_within 30 alive $pids || true
+  fi
   rm -f "$SLURM_DIR/slurmd.pid" "$SLURM_DIR/slurmctld.pid"
-  # Wait until they are gone: a daemon still shutting down holds its port, and a start right after would fail
-  # ("Address already in use") or leave two of them.
-  for _ in $(seq 60); do
-    for pid in "${pids[@]}"; do
-      running "$pid" && { sleep 0.5; continue 2; }
-    done
-    break
-  done
-  for pid in "${pids[@]}" $(steps); do kill -9 "$pid" 2>/dev/null || true; done
+  # What is left: a daemon that would not stop, and steps whose slurmd died, with the job processes under them.
+  # shellcheck disable=SC2046
+  kill -9 $(alive $pids) $(with_children $(steps)) 2>/dev/null || true
 }
 
 case "${1:-}" in
